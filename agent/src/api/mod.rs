@@ -1,0 +1,94 @@
+//! HTTP front end: turns requests into calls on the agent's core and back into JSON.
+//! The core modules never see HTTP types.
+
+mod eventlog;
+mod healthz;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use cvm_proto::agent::ErrorBody;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::AgentState;
+
+/// The response body type of every handler.
+pub type Body = Full<Bytes>;
+
+/// Accept connections forever; each is served on its own task.
+pub async fn serve(listener: TcpListener, state: Arc<AgentState>) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &AgentState) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => healthz::get(),
+        (&Method::GET, "/v1/eventlog") => eventlog::get(state),
+        (_, "/healthz" | "/v1/eventlog") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{} is not allowed here", req.method()),
+        ),
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no endpoint {path}"),
+        ),
+    }
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Serialize",
+            e.to_string(),
+        ),
+    }
+}
+
+/// An [`ErrorBody`] response.
+pub fn error(status: StatusCode, kind: &str, detail: String) -> Response<Body> {
+    let body = ErrorBody {
+        kind: kind.to_owned(),
+        detail,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,88 @@
+//! The agent's command line (set by PID1's configuration, so kept strict and small).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Default listen address: every guest interface, port 8080.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default event log path, where PID1 writes it.
+pub const DEFAULT_EVENTLOG: &str = "/run/cvm/eventlog.json";
+
+/// Validated arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentArgs {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// The runtime event log to serve.
+    pub eventlog: PathBuf,
+}
+
+/// Arguments that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    /// An argument the agent does not know.
+    #[error("unknown argument {0} (known: --listen ADDR, --eventlog PATH)")]
+    Unknown(String),
+    /// A flag without its value.
+    #[error("argument {0} needs a value")]
+    MissingValue(&'static str),
+    /// `--listen` is not `IP:PORT`.
+    #[error("--listen {0}: expected IP:PORT")]
+    BadListen(String),
+}
+
+impl AgentArgs {
+    /// Parse `args` (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, ArgsError> {
+        let mut listen = DEFAULT_LISTEN.to_owned();
+        let mut eventlog = PathBuf::from(DEFAULT_EVENTLOG);
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--listen" => listen = it.next().ok_or(ArgsError::MissingValue("--listen"))?,
+                "--eventlog" => {
+                    eventlog = it
+                        .next()
+                        .ok_or(ArgsError::MissingValue("--eventlog"))?
+                        .into()
+                }
+                _ => return Err(ArgsError::Unknown(arg)),
+            }
+        }
+        let listen = listen.parse().map_err(|_| ArgsError::BadListen(listen))?;
+        Ok(AgentArgs { listen, eventlog })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(a: &[&str]) -> Result<AgentArgs, ArgsError> {
+        AgentArgs::parse(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(parse(&[]).unwrap().listen.port(), 8080);
+        let a = parse(&["--listen", "127.0.0.1:9", "--eventlog", "/x"]).unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9");
+        assert_eq!(a.eventlog, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        assert_eq!(
+            parse(&["--shell"]),
+            Err(ArgsError::Unknown("--shell".into()))
+        );
+        assert_eq!(
+            parse(&["--listen"]),
+            Err(ArgsError::MissingValue("--listen"))
+        );
+        assert_eq!(
+            parse(&["--listen", "8080"]),
+            Err(ArgsError::BadListen("8080".into()))
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! The TEE management agent.
+//!
+//! Trust-chain place: measured by PID1 into the runtime event log before it starts; in
+//! the TCB. This issue's agent serves its health and the measured event log over HTTP on
+//! the guest network; attested TLS, workloads and enforcement arrive in later issues.
+//!
+//! Inputs: `--listen ADDR` and `--eventlog PATH` from PID1's configuration. Outputs: the
+//! HTTP API and a `cvm-agent: ready <addr>` console line once it accepts connections.
+//!
+//! Non-goals: no shell, no remote command execution.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod args;
+pub mod measurements;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+pub use args::{AgentArgs, ArgsError};
+
+/// What the request handlers share.
+#[derive(Debug)]
+pub struct AgentState {
+    /// The runtime event log PID1 wrote.
+    pub eventlog: PathBuf,
+    /// Root of sysfs, where TPM PCR values are read (`/sys` in the guest).
+    pub sysfs: PathBuf,
+}
+
+/// Serve until SIGTERM.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    let state = Arc::new(AgentState {
+        eventlog: args.eventlog,
+        sysfs: PathBuf::from("/sys"),
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    println!("{}{local}", cvm_proto::console::AGENT_READY);
+    info!(%local, "serving");
+    tokio::select! {
+        r = api::serve(listener, state) => r?,
+        _ = term.recv() => info!("SIGTERM: stopping"),
+    }
+    Ok(())
+}

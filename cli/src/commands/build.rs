@@ -1,0 +1,98 @@
+//! `cvm build`: kernel (built and cached, or prebuilt) + initramfs + manifest.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cvm_image::{DEFAULT_CMDLINE, FirmwareInfo, ImageSpec, kernel};
+
+use crate::paths;
+
+/// Arguments of `cvm build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Use this prebuilt bzImage (e.g. Debian's backports kernel) instead of building one.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Output folder; replaced as a whole only when the build succeeds.
+    #[arg(long, default_value = paths::DEFAULT_IMAGE_DIR)]
+    pub out: PathBuf,
+    /// PID1 binary [default: cvm-init next to this cvm].
+    #[arg(long, value_name = "PATH")]
+    pub init: Option<PathBuf>,
+    /// Agent binary [default: cvm-agent next to this cvm].
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+    /// PID1 configuration file [default: the built-in image/files/init.json].
+    #[arg(long, value_name = "PATH")]
+    pub init_config: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Parallel jobs for the kernel build [default: number of CPUs].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `SOURCE_DATE_EPOCH`, or 0 so that a build without it is still deterministic.
+pub fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(0),
+    }
+}
+
+/// Run `cvm build`.
+pub fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let epoch = source_date_epoch()?;
+    let kernel = match &args.kernel {
+        Some(path) => kernel::prebuilt(path)?,
+        None => {
+            let jobs = args
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            kernel::build(&paths::cache_dir(), jobs, epoch)?
+        }
+    };
+    let init_config = match &args.init_config {
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("read PID1 configuration {}", p.display()))?
+        }
+        None => cvm_image::DEFAULT_INIT_CONFIG.to_vec(),
+    };
+    let firmware = cvm_ovmf::dev_firmware(std::path::Path::new(cvm_ovmf::DEBIAN_OVMF_DIR))
+        .map(|fw| FirmwareInfo {
+            package: fw.package,
+            code_sha256: fw.code_sha256,
+        })
+        .ok();
+    let spec = ImageSpec {
+        kernel,
+        init: args
+            .init
+            .unwrap_or_else(|| paths::sibling_binary("cvm-init")),
+        agent: args
+            .agent
+            .unwrap_or_else(|| paths::sibling_binary("cvm-agent")),
+        init_config,
+        cmdline: args.cmdline,
+        source_date_epoch: epoch,
+        firmware,
+    };
+    let manifest = cvm_image::build(&spec, &args.out)?;
+    if args.json {
+        return super::print_json(&serde_json::json!({ "out": args.out, "manifest": manifest }));
+    }
+    eprintln!("image written to {}", args.out.display());
+    for a in [&manifest.kernel, &manifest.initramfs, &manifest.cmdline] {
+        println!("{:<20} {:>10} bytes  sha256 {}", a.file, a.size, a.sha256);
+    }
+    println!("kernel source: {}", manifest.kernel_source);
+    println!("initramfs files: {}", manifest.initramfs_files.len());
+    Ok(())
+}

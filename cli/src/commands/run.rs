@@ -1,0 +1,224 @@
+//! `cvm run`: boot an image under QEMU with OVMF and a swtpm vTPM, stream the console,
+//! wait for the agent, and exit with the guest's outcome.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cvm_qemu::{Accel, Outcome, Vm, VmOptions};
+use nix::sys::signal::{SigSet, Signal};
+use serde::Serialize;
+
+use crate::exit::GuestFailed;
+use crate::paths;
+
+/// How to boot (shared by `cvm run` and `cvm demo`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmArgs {
+    /// Image folder written by `cvm build`.
+    #[arg(long, default_value = paths::DEFAULT_IMAGE_DIR)]
+    pub image: PathBuf,
+    /// Accelerator: tcg (works everywhere) or kvm.
+    #[arg(long, default_value = "tcg")]
+    pub accel: Accel,
+    /// vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// Host port forwarded to the agent [default: a free port].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Extra kernel parameters appended to the image's command line (e.g. cvm.log=debug).
+    #[arg(long, value_name = "PARAMS")]
+    pub append: Option<String>,
+    /// Boot without a vTPM.
+    #[arg(long)]
+    pub no_tpm: bool,
+    /// Serial console log [default: serial.log beside the image folder].
+    #[arg(long)]
+    pub serial_log: Option<PathBuf>,
+    /// Seconds to wait for the agent's ready line.
+    #[arg(long, default_value_t = 300)]
+    pub ready_timeout: u64,
+    /// Firmware folder holding OVMF_CODE_4M.fd and OVMF_VARS_4M.fd.
+    #[arg(long, default_value = cvm_ovmf::DEBIAN_OVMF_DIR)]
+    pub firmware: PathBuf,
+}
+
+/// A started VM and the private folder its files live in.
+pub struct Booted {
+    /// The VM.
+    pub vm: Vm,
+    /// Removed on drop.
+    pub run_dir: tempfile::TempDir,
+    /// The serial log.
+    pub serial_log: PathBuf,
+}
+
+/// Start the VM described by `args`.
+pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
+    let manifest = super::read_manifest(&args.image)?;
+    let firmware = cvm_ovmf::dev_firmware(&args.firmware)?;
+    let mut cmdline = manifest.cmdline_text.clone();
+    if let Some(extra) = &args.append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    let run_dir = tempfile::Builder::new()
+        .prefix("cvm-run-")
+        .tempdir()
+        .context("create a run folder")?;
+    let serial_log = args
+        .serial_log
+        .clone()
+        .unwrap_or_else(|| default_serial_log(&args.image));
+    let opts = VmOptions {
+        accel: args.accel,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        kernel: args.image.join(&manifest.kernel.file),
+        initrd: args.image.join(&manifest.initramfs.file),
+        cmdline,
+        firmware_code: firmware.code,
+        firmware_vars: firmware.vars_template,
+        tpm: !args.no_tpm,
+        run_dir: run_dir.path().to_owned(),
+        ca_dir: paths::swtpm_ca_dir(),
+        host_port: args.port,
+        serial_log: serial_log.clone(),
+        echo,
+    };
+    let vm = Vm::start(&opts)?;
+    Ok(Booted {
+        vm,
+        run_dir,
+        serial_log,
+    })
+}
+
+fn default_serial_log(image: &Path) -> PathBuf {
+    match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("serial.log"),
+        _ => PathBuf::from("serial.log"),
+    }
+}
+
+/// Arguments of `cvm run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Power the guest down as soon as the agent is ready (for measurements).
+    #[arg(long)]
+    shutdown_when_ready: bool,
+    /// Print a JSON report on stdout at the end; the console is not echoed.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The result of one run.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// `poweroff-ok`, `fatal` or `no-status`.
+    pub outcome: &'static str,
+    /// The fatal cause or what ended the VM.
+    pub detail: Option<String>,
+    /// Host address of the agent.
+    pub agent: String,
+    /// Milliseconds from QEMU start to the agent's ready line.
+    pub ready_after_ms: Option<u64>,
+    /// Milliseconds from QEMU start to its exit.
+    pub ended_after_ms: u64,
+    /// The serial console log.
+    pub serial_log: PathBuf,
+}
+
+/// Seconds the guest gets to power off after the power button.
+pub const POWEROFF_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Run `cvm run`.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Block SIGINT/SIGTERM before any thread exists, so only the waiter below sees them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("block SIGINT/SIGTERM")?;
+
+    let mut booted = boot(&args.vm, !args.json)?;
+    let agent = format!("127.0.0.1:{}", booted.vm.host_port());
+    let qmp = booted.vm.qmp_socket().to_owned();
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            eprintln!("cvm: {sig}: pressing the guest's power button");
+            if let Err(e) = cvm_qemu::qmp::execute(&qmp, "system_powerdown") {
+                eprintln!("cvm: power button failed: {e}");
+            }
+        }
+    });
+
+    let ready = booted
+        .vm
+        .wait_ready(Duration::from_secs(args.vm.ready_timeout));
+    let ready_after_ms = match &ready {
+        Ok(_) => {
+            let ms = booted.vm.elapsed().as_millis() as u64;
+            if !args.json {
+                eprintln!(
+                    "cvm: agent ready at http://{agent} after {:.1} s",
+                    ms as f64 / 1000.0
+                );
+            }
+            if args.shutdown_when_ready {
+                booted.vm.powerdown()?;
+            }
+            Some(ms)
+        }
+        Err(cvm_qemu::RunError::EndedEarly(_)) => None,
+        Err(cvm_qemu::RunError::Timeout(..)) => {
+            booted.vm.powerdown().ok();
+            None
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    // A ready guest runs until it powers off (Ctrl-C presses its power button).
+    let limit = (ready.is_err() || args.shutdown_when_ready).then_some(POWEROFF_TIMEOUT);
+    let outcome = booted.vm.wait_exit(limit)?;
+    let report = RunReport {
+        outcome: match &outcome {
+            Outcome::PoweroffOk => "poweroff-ok",
+            Outcome::Fatal(_) => "fatal",
+            Outcome::NoStatus(_) => "no-status",
+        },
+        detail: match &outcome {
+            Outcome::PoweroffOk => None,
+            Outcome::Fatal(d) | Outcome::NoStatus(d) => Some(d.clone()),
+        },
+        agent,
+        ready_after_ms,
+        ended_after_ms: booted.vm.elapsed().as_millis() as u64,
+        serial_log: booted.serial_log.clone(),
+    };
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        eprintln!(
+            "cvm: guest {}{}",
+            report.outcome,
+            report
+                .detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+        eprintln!("cvm: console log: {}", report.serial_log.display());
+    }
+    match outcome {
+        Outcome::PoweroffOk => Ok(()),
+        Outcome::Fatal(d) => Err(GuestFailed(format!("guest failed: {d}")).into()),
+        Outcome::NoStatus(d) => {
+            Err(GuestFailed(format!("guest stopped without a status line: {d}")).into())
+        }
+    }
+}

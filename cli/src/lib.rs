@@ -1,0 +1,49 @@
+//! `cvm`: the one host command.
+//!
+//! Trust-chain place: host side, outside the TCB. It builds what the guest measures and
+//! checks what the guest reports.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod agent_client;
+pub mod commands;
+pub mod exit;
+pub mod paths;
+pub mod verify;
+
+use clap::{Parser, Subcommand};
+
+/// The confidential-VM appliance: build, boot and inspect it.
+#[derive(Debug, Parser)]
+#[command(name = "cvm", version, after_help = exit::HELP)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `cvm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the guest image: kernel (cached), deterministic initramfs, manifest.
+    Build(commands::build::BuildArgs),
+    /// Boot an image under QEMU with OVMF and a swtpm vTPM; exit with the guest's outcome.
+    Run(commands::run::RunArgs),
+    /// Ask a running agent for its health.
+    Status(commands::status::StatusArgs),
+    /// Show (and verify) a running guest's runtime event log.
+    Eventlog(commands::eventlog::EventLogArgs),
+    /// Boot, show the healthy agent and its verified measurements, power off.
+    Demo(commands::demo::DemoArgs),
+}
+
+/// Run one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(a) => commands::build::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Status(a) => commands::status::run(a),
+        Command::Eventlog(a) => commands::eventlog::run(a),
+        Command::Demo(a) => commands::demo::run(a),
+    }
+}

@@ -1,0 +1,32 @@
+//! Where `cvm` keeps things on the host.
+
+use std::path::PathBuf;
+
+/// The cache root: `$CVM_CACHE`, else `$XDG_CACHE_HOME/cvm`, else `~/.cache/cvm`.
+/// Kernel builds and the swtpm local CA live here, outside any source tree.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CVM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("cvm");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache/cvm")
+}
+
+/// The default image folder, relative to the working directory.
+pub const DEFAULT_IMAGE_DIR: &str = "build/image";
+
+/// A binary that sits next to the running `cvm` (same cargo target folder).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The swtpm local CA folder: its certificate signs every vTPM's EK certificate.
+pub fn swtpm_ca_dir() -> PathBuf {
+    cache_dir().join("swtpm-localca")
+}

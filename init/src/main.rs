@@ -1,0 +1,5 @@
+//! `/init`: see the library for what PID1 does.
+
+fn main() {
+    cvm_init::run()
+}

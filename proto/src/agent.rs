@@ -1,0 +1,48 @@
+//! Bodies of the agent's HTTP API.
+
+use serde::{Deserialize, Serialize};
+
+pub use cvm_attest::EventLog;
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `"ok"` when the agent answers.
+    pub status: String,
+    /// The agent's version.
+    pub version: String,
+}
+
+/// `GET /v1/eventlog`: the runtime event log and the register it must replay to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventLogResponse {
+    /// The log as PID1 and the agent wrote it.
+    pub log: EventLog,
+    /// The register's current values, read from the kernel when a TPM is present
+    /// (`/sys/class/tpm/tpm0/pcr-<bank>/<index>`), lower-case hex.
+    pub register_values: Vec<RegisterValue>,
+}
+
+/// One bank of the register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterValue {
+    /// The bank, as in the event log (`sha256`, `sha384`).
+    #[serde(rename = "hashAlg")]
+    pub hash_alg: cvm_attest::HashAlg,
+    /// Lower-case hex of the value.
+    pub value: String,
+}
+
+/// Error body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// The error variant, e.g. `NotFound`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human-readable detail.
+    pub detail: String,
+}

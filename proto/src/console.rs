@@ -1,0 +1,65 @@
+//! The status lines PID1 and the agent print on the serial console.
+//!
+//! The host reads the console to learn the guest's outcome, so these lines are a
+//! protocol: each starts with a fixed prefix and is printed exactly once per event.
+
+/// Prefix of every status line PID1 prints.
+pub const INIT_PREFIX: &str = "cvm-init:";
+
+/// `cvm-init: fatal: <cause>`: PID1 hit an error it cannot recover from and powers off.
+pub const INIT_FATAL: &str = "cvm-init: fatal: ";
+
+/// `cvm-init: poweroff: ok (<reason>)`: an orderly shutdown completed.
+pub const INIT_POWEROFF_OK: &str = "cvm-init: poweroff: ok";
+
+/// `cvm-agent: ready <listen address>`: the agent accepts requests.
+pub const AGENT_READY: &str = "cvm-agent: ready ";
+
+/// What the host learnt from one console line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleEvent {
+    /// The agent is ready and listens on the given guest address.
+    AgentReady(String),
+    /// PID1 failed with the given cause; the guest powers off.
+    Fatal(String),
+    /// PID1 completed an orderly shutdown.
+    PoweroffOk,
+}
+
+/// Classify one console line (without its line ending).
+pub fn parse_line(line: &str) -> Option<ConsoleEvent> {
+    let line = line.trim_end_matches('\r');
+    if let Some(rest) = line.strip_prefix(AGENT_READY) {
+        return Some(ConsoleEvent::AgentReady(rest.trim().to_owned()));
+    }
+    if let Some(rest) = line.strip_prefix(INIT_FATAL) {
+        return Some(ConsoleEvent::Fatal(rest.trim().to_owned()));
+    }
+    if line.starts_with(INIT_POWEROFF_OK) {
+        return Some(ConsoleEvent::PoweroffOk);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_status_lines() {
+        assert_eq!(
+            parse_line("cvm-agent: ready 0.0.0.0:8080\r"),
+            Some(ConsoleEvent::AgentReady("0.0.0.0:8080".into()))
+        );
+        assert_eq!(
+            parse_line("cvm-init: fatal: measure agent binary /x failed"),
+            Some(ConsoleEvent::Fatal("measure agent binary /x failed".into()))
+        );
+        assert_eq!(
+            parse_line("cvm-init: poweroff: ok (power button)"),
+            Some(ConsoleEvent::PoweroffOk)
+        );
+        assert_eq!(parse_line("[    1.0] cvm-init: fatal: x"), None);
+        assert_eq!(parse_line("random kernel line"), None);
+    }
+}
