@@ -23,7 +23,7 @@ pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// The source tarball that package installs.
 pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 /// Bump when the build recipe below changes, so stale cache entries are not reused.
-const RECIPE_VERSION: &str = "cvm-kernel-recipe-1";
+const RECIPE_VERSION: &str = "cvm-kernel-recipe-2";
 
 /// A kernel build or check failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +149,7 @@ pub fn cache_key(source_version: &str) -> String {
 }
 
 /// Build (or fetch from `cache_dir`) the kernel. `jobs` is make's `-j`.
-pub fn build(cache_dir: &Path, jobs: usize, source_date_epoch: u64) -> Result<Kernel, KernelError> {
+pub fn build(cache_dir: &Path, jobs: usize) -> Result<Kernel, KernelError> {
     let version = source_version()?;
     let dir = cache_dir.join("kernel").join(cache_key(&version));
     let bzimage = dir.join("bzImage");
@@ -179,7 +179,7 @@ pub fn build(cache_dir: &Path, jobs: usize, source_date_epoch: u64) -> Result<Ke
         "extract source",
         Command::new("tar").args(["xf", SOURCE_TARBALL, "--strip-components=1"]),
     )?;
-    let env = build_env(source_date_epoch);
+    let env = build_env();
     step(
         &log,
         &build,
@@ -225,10 +225,12 @@ pub fn build(cache_dir: &Path, jobs: usize, source_date_epoch: u64) -> Result<Ke
     })
 }
 
-/// Fixed build identity, so the same inputs give the same kernel.
-fn build_env(source_date_epoch: u64) -> Vec<(&'static str, String)> {
+/// Fixed build identity, so the same inputs give the same kernel. The timestamp is a
+/// constant rather than `SOURCE_DATE_EPOCH`: the kernel is a function of the cache key
+/// alone, so a cached kernel and a fresh build of the same inputs are identical.
+fn build_env() -> Vec<(&'static str, String)> {
     vec![
-        ("KBUILD_BUILD_TIMESTAMP", format!("@{source_date_epoch}")),
+        ("KBUILD_BUILD_TIMESTAMP", "@0".to_owned()),
         ("KBUILD_BUILD_USER", "cvm".to_owned()),
         ("KBUILD_BUILD_HOST", "cvm".to_owned()),
         ("KBUILD_BUILD_VERSION", "1".to_owned()),

@@ -177,6 +177,20 @@ impl Vm {
         let stdout = qemu.stdout.take();
         let stderr = qemu.stderr.take();
         let echo = opts.echo;
+        // QEMU's own complaints (bad option, missing file) arrive on its stderr, read on
+        // a thread of their own so neither pipe can fill up and stall QEMU.
+        let stderr_lines = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            if let Some(err) = stderr {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("qemu: {line}");
+                    }
+                    lines.push(format!("qemu: {line}"));
+                }
+            }
+            lines
+        });
         std::thread::spawn(move || {
             let mut log = log;
             let mut tail: Vec<String> = Vec::new();
@@ -205,15 +219,9 @@ impl Vm {
                     }
                 }
             }
-            // QEMU's own complaints (bad option, missing file) go to its stderr.
-            if let Some(err) = stderr {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let _ = writeln!(log, "qemu: {line}");
-                    if echo {
-                        eprintln!("qemu: {line}");
-                    }
-                    tail.push(format!("qemu: {line}"));
-                }
+            for line in stderr_lines.join().unwrap_or_default() {
+                let _ = writeln!(log, "{line}");
+                tail.push(line);
             }
             let _ = tx.send(Msg::Eof(tail));
         });

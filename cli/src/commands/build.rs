@@ -56,7 +56,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             let jobs = args
                 .jobs
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            kernel::build(&paths::cache_dir(), jobs, epoch)?
+            kernel::build(&paths::cache_dir(), jobs)?
         }
     };
     let init_config = match &args.init_config {

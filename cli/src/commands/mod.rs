@@ -17,6 +17,24 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Check that the image's artifacts are present and are the ones its manifest lists.
+pub fn verify_image(image: &Path, manifest: &cvm_image::Manifest) -> anyhow::Result<()> {
+    for a in [&manifest.kernel, &manifest.initramfs] {
+        let path = image.join(&a.file);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("image file {} is missing", path.display()))?;
+        let actual = cvm_image::sha256_hex(&bytes);
+        if actual != a.sha256 {
+            anyhow::bail!(
+                "image file {} is corrupt: sha256 {actual} does not match the manifest's {}",
+                path.display(),
+                a.sha256
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Read an image folder's manifest.
 pub fn read_manifest(image: &Path) -> anyhow::Result<cvm_image::Manifest> {
     let path = image.join(cvm_image::files::MANIFEST);

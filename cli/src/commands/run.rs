@@ -60,6 +60,7 @@ pub struct Booted {
 /// Start the VM described by `args`.
 pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
     let manifest = super::read_manifest(&args.image)?;
+    super::verify_image(&args.image, &manifest)?;
     let firmware = cvm_ovmf::dev_firmware(&args.firmware)?;
     let mut cmdline = manifest.cmdline_text.clone();
     if let Some(extra) = &args.append {
@@ -135,6 +136,10 @@ pub struct RunReport {
     pub serial_log: PathBuf,
 }
 
+/// Start of the stderr line `cvm run` prints when the agent is ready:
+/// `cvm: agent ready at http://HOST:PORT after N s`.
+pub const READY_PREFIX: &str = "cvm: agent ready at http://";
+
 /// Seconds the guest gets to power off after the power button.
 pub const POWEROFF_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -170,8 +175,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     ms as f64 / 1000.0
                 );
             }
-            if args.shutdown_when_ready {
-                booted.vm.powerdown()?;
+            // A guest that powers itself off right away has no QMP socket left to use.
+            if args.shutdown_when_ready
+                && let Err(e) = booted.vm.powerdown()
+            {
+                tracing::debug!(error = %e, "power button not pressed");
             }
             Some(ms)
         }

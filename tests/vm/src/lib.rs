@@ -1,1 +1,190 @@
-//! Placeholder
+//! VM test harness: builds the image once, boots it under QEMU TCG with swtpm through
+//! `cvm run`, and drives the guest through the `cvm` CLI.
+//!
+//! Opt-in: the tests do nothing unless `CVM_VM_TESTS=1`, so a bare `cargo test` stays
+//! hermetic; `./scripts/test` and CI always set it. `CVM_TEST_IMAGE` names an image
+//! folder built beforehand (otherwise the harness runs `cvm build` itself, once).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Whether VM tests are enabled; prints why not when they are not.
+pub fn enabled() -> bool {
+    let on = std::env::var("CVM_VM_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("VM tests disabled: set CVM_VM_TESTS=1 (./scripts/test does)");
+    }
+    on
+}
+
+/// The cargo target folder the test binary runs from (`target/release`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/release/deps/<test> → target/release
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+/// The `cvm` binary under test.
+pub fn cvm_bin() -> PathBuf {
+    std::env::var_os("CVM_BIN").map_or_else(|| target_dir().join("cvm"), PathBuf::from)
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Run `cvm` with `args` to completion.
+pub fn cvm(args: &[&str]) -> Output {
+    Command::new(cvm_bin())
+        .args(args)
+        .output()
+        .expect("run cvm")
+}
+
+/// The image folder all VM tests boot (built once per test process).
+pub fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CVM_TEST_IMAGE") {
+            return PathBuf::from(dir);
+        }
+        let dir = std::env::temp_dir().join(format!("cvm-vm-tests-{}", std::process::id()));
+        let out = dir.join("image");
+        let o = cvm(&["build", "--out", out.to_str().expect("utf-8 path")]);
+        assert!(
+            o.status.success(),
+            "cvm build failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+/// A guest booted by `cvm run --json`.
+pub struct Guest {
+    child: Child,
+    /// Host address of the agent, `127.0.0.1:PORT`.
+    pub agent: String,
+    stderr: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// How long a TCG boot may take before the harness gives up.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Guest {
+    /// Start `cvm run --json` with `extra` arguments; does not wait for readiness.
+    pub fn start(extra: &[&str]) -> Guest {
+        let image = image();
+        let mut child = Command::new(cvm_bin())
+            .args([
+                "run",
+                "--json",
+                "--image",
+                image.to_str().expect("utf-8 path"),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cvm run");
+        let (tx, stderr) = channel();
+        let err = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[cvm run] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Guest {
+            child,
+            agent: String::new(),
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// Boot and wait for the agent; panics with `cvm run`'s output if it never comes.
+    pub fn boot(extra: &[&str]) -> Guest {
+        let mut g = Guest::start(extra);
+        let prefix = "cvm: agent ready at http://";
+        loop {
+            match g.stderr.recv_timeout(BOOT_TIMEOUT) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        g.agent = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        return g;
+                    }
+                    g.stderr_seen.push(line);
+                }
+                Err(_) => {
+                    let _ = g.child.kill();
+                    panic!(
+                        "guest never became ready; cvm run said:\n{}",
+                        g.stderr_seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGTERM `cvm run` (it presses the guest's power button) and wait for its report.
+    pub fn shutdown(self) -> (i32, Value) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("signal cvm run");
+        self.wait()
+    }
+
+    /// Wait for `cvm run` to exit on its own; returns its exit code and JSON report.
+    pub fn wait(mut self) -> (i32, Value) {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout)
+                .expect("read cvm run stdout");
+        }
+        let status = self.child.wait().expect("wait for cvm run");
+        let report = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("cvm run printed no JSON report ({e}): {stdout:?}"));
+        (status.code().unwrap_or(-1), report)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Parse a command's stdout as JSON, panicking with its stderr when it failed.
+pub fn json_ok(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "command failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
