@@ -30,6 +30,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Two adjacent free ports: the tss2 swtpm TCTI talks to PORT and its control
+/// channel on PORT+1.
+fn free_port_pair() -> (u16, u16) {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return (port, port + 1);
+        }
+    }
+}
+
 /// A fresh swtpm with sha256 and sha384 banks, powered on and started.
 fn swtpm() -> Swtpm {
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +53,7 @@ fn swtpm() -> Swtpm {
         .status()
         .expect("swtpm_setup (run ./scripts/setup)");
     assert!(setup.success());
-    let (port, ctrl) = (free_port(), free_port());
+    let (port, ctrl) = free_port_pair();
     let child = Command::new("swtpm")
         .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
         .arg("--tpmstate")

@@ -213,7 +213,8 @@ mod tests {
 
     #[test]
     fn parents_are_created_and_order_is_sorted() {
-        let names: Vec<&String> = sample().entries.keys().collect();
+        let archive = sample();
+        let names: Vec<&String> = archive.entries.keys().collect();
         assert_eq!(
             names,
             ["dev", "dev/console", "init", "usr", "usr/bin", "usr/bin/x"]

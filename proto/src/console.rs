@@ -26,9 +26,12 @@ pub enum ConsoleEvent {
     PoweroffOk,
 }
 
-/// Classify one console line (without its line ending).
+/// Classify one console line (without its line ending). Terminal escape sequences are
+/// ignored: the firmware clears the screen without a newline, so the first line PID1
+/// prints can start with them.
 pub fn parse_line(line: &str) -> Option<ConsoleEvent> {
-    let line = line.trim_end_matches('\r');
+    let clean = strip_escapes(line);
+    let line = clean.trim_end_matches('\r');
     if let Some(rest) = line.strip_prefix(AGENT_READY) {
         return Some(ConsoleEvent::AgentReady(rest.trim().to_owned()));
     }
@@ -39,6 +42,29 @@ pub fn parse_line(line: &str) -> Option<ConsoleEvent> {
         return Some(ConsoleEvent::PoweroffOk);
     }
     None
+}
+
+/// Remove ANSI escape sequences (`ESC [ params final` and two-byte `ESC x`).
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next_if_eq(&'[').is_some() {
+            // Parameter and intermediate bytes, then one final byte in @..~.
+            while let Some(p) = chars.next() {
+                if ('@'..='~').contains(&p) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -61,5 +87,12 @@ mod tests {
         );
         assert_eq!(parse_line("[    1.0] cvm-init: fatal: x"), None);
         assert_eq!(parse_line("random kernel line"), None);
+        // As seen on the serial console after OVMF: screen clears glued to the line.
+        assert_eq!(
+            parse_line(
+                "\u{1b}[2J\u{1b}[01;01H\u{1b}[=3h\u{1b}[2J\u{1b}[01;01Hcvm-init: fatal: kernel parameter cvm.tpm=maybe"
+            ),
+            Some(ConsoleEvent::Fatal("kernel parameter cvm.tpm=maybe".into()))
+        );
     }
 }

@@ -243,6 +243,11 @@ impl Vm {
         self.host_port
     }
 
+    /// QEMU's process id.
+    pub fn qemu_pid(&self) -> u32 {
+        self.qemu.id()
+    }
+
     /// The QMP socket (for a power-down from another thread).
     pub fn qmp_socket(&self) -> &Path {
         &self.qmp

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cvm_qemu::{Accel, Outcome, Vm, VmOptions};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde::Serialize;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::exit::GuestFailed;
 use crate::paths;
@@ -140,26 +143,35 @@ pub struct RunReport {
 /// `cvm: agent ready at http://HOST:PORT after N s`.
 pub const READY_PREFIX: &str = "cvm: agent ready at http://";
 
+/// How long a guest may take to power off after Ctrl-C/SIGTERM before QEMU is killed.
+pub const POWERDOWN_GRACE: Duration = Duration::from_secs(60);
+
 /// Seconds the guest gets to power off after the power button.
 pub const POWEROFF_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Run `cvm run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Block SIGINT/SIGTERM before any thread exists, so only the waiter below sees them.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().context("block SIGINT/SIGTERM")?;
-
+    // A handler plus self-pipe (signal-hook) rather than a blocked mask: a blocked mask
+    // would be inherited by QEMU and swtpm, which then could not be stopped by SIGTERM.
+    // Installed before the boot so that an early Ctrl-C is queued, not fatal.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("install SIGINT/SIGTERM handlers")?;
     let mut booted = boot(&args.vm, !args.json)?;
     let agent = format!("127.0.0.1:{}", booted.vm.host_port());
     let qmp = booted.vm.qmp_socket().to_owned();
+    let qemu = Pid::from_raw(booted.vm.qemu_pid() as i32);
     std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            eprintln!("cvm: {sig}: pressing the guest's power button");
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("cvm: signal {sig}: pressing the guest's power button");
             if let Err(e) = cvm_qemu::qmp::execute(&qmp, "system_powerdown") {
                 eprintln!("cvm: power button failed: {e}");
             }
+            // A guest that ignores the button is stopped hard; QEMU stays our unreaped
+            // child until the main thread waits for it, so its pid cannot be reused.
+            std::thread::sleep(POWERDOWN_GRACE);
+            eprintln!(
+                "cvm: guest still running {POWERDOWN_GRACE:?} after the power button; killing QEMU"
+            );
+            let _ = kill(qemu, Signal::SIGKILL);
         }
     });
 
@@ -169,12 +181,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready_after_ms = match &ready {
         Ok(_) => {
             let ms = booted.vm.elapsed().as_millis() as u64;
-            if !args.json {
-                eprintln!(
-                    "cvm: agent ready at http://{agent} after {:.1} s",
-                    ms as f64 / 1000.0
-                );
-            }
+            // Always on stderr, also with --json: scripts wait for this line.
+            eprintln!("{READY_PREFIX}{agent} after {:.1} s", ms as f64 / 1000.0);
             // A guest that powers itself off right away has no QMP socket left to use.
             if args.shutdown_when_ready
                 && let Err(e) = booted.vm.powerdown()

@@ -139,7 +139,7 @@ impl Guest {
                     g.stderr_seen.push(line);
                 }
                 Err(_) => {
-                    let _ = g.child.kill();
+                    // Drop sends SIGTERM: cvm run powers the guest down or kills QEMU.
                     panic!(
                         "guest never became ready; cvm run said:\n{}",
                         g.stderr_seen.join("\n")
