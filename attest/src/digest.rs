@@ -15,7 +15,7 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// Size of a digest of this algorithm in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn digest_len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,

@@ -78,7 +78,7 @@ impl EventRecord {
             recnum: self.recnum,
             alg,
         })?;
-        if bytes.len() != alg.len() {
+        if bytes.len() != alg.digest_len() {
             return Err(EventLogError::BadDigest {
                 recnum: self.recnum,
                 alg,
@@ -187,7 +187,7 @@ impl EventLog {
     /// Replay the `alg` bank from an all-zero register; returns the final value.
     pub fn replay(&self, alg: HashAlg) -> Result<Vec<u8>, EventLogError> {
         let expected_pcr = self.register.index();
-        let mut value = vec![0u8; alg.len()];
+        let mut value = vec![0u8; alg.digest_len()];
         for (i, record) in self.records.iter().enumerate() {
             if record.recnum != i as u64 {
                 return Err(EventLogError::OutOfOrder {

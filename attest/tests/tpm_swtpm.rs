@@ -1,5 +1,6 @@
 //! `TpmPcr` against a real TPM (swtpm over TCP), with tpm2-tools as the oracle.
 #![cfg(feature = "tpm")]
+#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

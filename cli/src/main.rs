@@ -15,6 +15,9 @@ fn main() -> std::process::ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_target(false)
         .with_writer(std::io::stderr)
         .init();
     match cvm_cli::run(cvm_cli::Cli::parse()) {

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Libraries loaded with dlopen by the guest binaries, resolved like DT_NEEDED entries.
-pub const DLOPENED: &[&str] = &["libtss2-tcti-device.so.0"];
+/// Libraries loaded with dlopen, keyed by the library that loads them: libtss2-tctildr
+/// opens its TCTI module by name at run time.
+pub const DLOPENED: &[(&str, &str)] = &[("libtss2-tctildr.so.0", "libtss2-tcti-device.so.0")];
 
 /// Directories searched for [`DLOPENED`] libraries (Debian multiarch layout).
 const LIB_DIRS: &[&str] = &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
@@ -37,32 +38,38 @@ pub enum LibsError {
     },
 }
 
-/// All libraries (absolute host paths) that `binaries` and [`DLOPENED`] need, closed
-/// over their own dependencies, sorted.
+/// All libraries (absolute host paths) that `binaries` need, with the [`DLOPENED`]
+/// modules of the libraries among them, closed over their own dependencies, sorted.
 pub fn resolve(binaries: &[&Path]) -> Result<BTreeSet<PathBuf>, LibsError> {
     let mut found = BTreeSet::new();
     let mut queue: Vec<PathBuf> = binaries.iter().map(|b| b.to_path_buf()).collect();
-    for name in DLOPENED {
-        let path = LIB_DIRS
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.exists())
-            .ok_or_else(|| LibsError::NotFound {
-                binary: PathBuf::from("libtss2-tctildr (dlopen)"),
-                library: (*name).to_owned(),
-            })?;
-        if found.insert(path.clone()) {
-            queue.push(path);
-        }
-    }
     while let Some(binary) = queue.pop() {
         for lib in ldd(&binary)? {
             if found.insert(lib.clone()) {
-                queue.push(lib);
+                queue.push(lib.clone());
+            }
+            for (loader, module) in DLOPENED {
+                if lib.file_name().is_some_and(|n| n == *loader) {
+                    let path = find_lib(loader, module)?;
+                    if found.insert(path.clone()) {
+                        queue.push(path);
+                    }
+                }
             }
         }
     }
     Ok(found)
+}
+
+fn find_lib(loader: &str, name: &str) -> Result<PathBuf, LibsError> {
+    LIB_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| LibsError::NotFound {
+            binary: PathBuf::from(format!("{loader} (dlopen)")),
+            library: name.to_owned(),
+        })
 }
 
 fn ldd(binary: &Path) -> Result<Vec<PathBuf>, LibsError> {

@@ -1,5 +1,7 @@
 //! The real `Supervisor`, in a process of its own, supervising real child processes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use cvm_init::config::Config;

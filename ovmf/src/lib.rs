@@ -95,7 +95,7 @@ pub fn check_flash_image(path: &Path, bytes: &[u8]) -> Result<(), FirmwareError>
         path: path.to_owned(),
         reason,
     };
-    if bytes.len() < 64 * 1024 || bytes.len() % 4096 != 0 {
+    if bytes.len() < 64 * 1024 || !bytes.len().is_multiple_of(4096) {
         return Err(corrupt(
             "size is not a multiple of 4 KiB of at least 64 KiB",
         ));

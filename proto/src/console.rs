@@ -55,7 +55,7 @@ fn strip_escapes(line: &str) -> String {
         }
         if chars.next_if_eq(&'[').is_some() {
             // Parameter and intermediate bytes, then one final byte in @..~.
-            while let Some(p) = chars.next() {
+            for p in chars.by_ref() {
                 if ('@'..='~').contains(&p) {
                     break;
                 }

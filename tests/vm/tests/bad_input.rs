@@ -1,6 +1,8 @@
 //! Bad input on the host side: each gives one error naming the thing and a non-zero exit,
 //! before anything boots, and leaves what was stored intact.
 
+#![allow(clippy::unwrap_used)]
+
 use cvm_vm_tests::{cvm, enabled, image};
 use std::fs;
 

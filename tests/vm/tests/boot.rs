@@ -1,6 +1,8 @@
 //! Boot the image under QEMU TCG with a swtpm vTPM and check, from the host, what PID1
 //! and the agent did: health, measurements, PCR replay, orderly power-off.
 
+#![allow(clippy::unwrap_used)]
+
 use cvm_vm_tests::{Guest, cvm, enabled, image, json_ok, repo_root, target_dir};
 use sha2::{Digest as _, Sha256, Sha384};
 use std::fs;

@@ -1,5 +1,7 @@
 //! Two image builds from the same inputs are byte-identical.
 
+#![allow(clippy::unwrap_used)]
+
 use cvm_vm_tests::{cvm, enabled, image};
 use std::fs;
 
