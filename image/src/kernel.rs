@@ -18,6 +18,8 @@ use tracing::info;
 pub const FRAGMENT: &str = include_str!("../../kernel-config/cvm.config");
 /// Options that must be present after `olddefconfig`.
 pub const REQUIRED: &str = include_str!("../../kernel-config/required.txt");
+/// The source package version the kernel is pinned to.
+pub const PINNED_SOURCE_VERSION: &str = include_str!("../../kernel-config/source-version");
 /// The Debian package holding the source tarball.
 pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// The source tarball that package installs.
@@ -151,6 +153,13 @@ pub fn cache_key(source_version: &str) -> String {
 /// Build (or fetch from `cache_dir`) the kernel. `jobs` is make's `-j`.
 pub fn build(cache_dir: &Path, jobs: usize) -> Result<Kernel, KernelError> {
     let version = source_version()?;
+    let pinned = PINNED_SOURCE_VERSION.trim();
+    if version != pinned {
+        eprintln!(
+            "kernel: warning: building from {SOURCE_PACKAGE} {version}, not the pinned {pinned} \
+             (kernel-config/source-version); its measurements differ from a pinned build"
+        );
+    }
     let dir = cache_dir.join("kernel").join(cache_key(&version));
     let bzimage = dir.join("bzImage");
     let config = dir.join("config");
