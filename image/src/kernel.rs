@@ -96,6 +96,11 @@ pub struct Kernel {
 /// Check that `path` is an x86 bzImage with an EFI stub (OVMF boots it as a PE image).
 pub fn check_bzimage(path: &Path) -> Result<(), KernelError> {
     let bytes = fs::read(path).map_err(io("read kernel", path))?;
+    check_bzimage_bytes(path, &bytes)
+}
+
+/// [`check_bzimage`] on bytes already read from `path`.
+pub fn check_bzimage_bytes(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
     let not = |reason| KernelError::NotBzImage {
         path: path.to_owned(),
         reason,

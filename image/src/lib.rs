@@ -207,7 +207,7 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
             source,
         })?;
     let kernel = read_input("kernel", &spec.kernel.bzimage)?;
-    kernel::check_bzimage(&spec.kernel.bzimage)?;
+    kernel::check_bzimage_bytes(&spec.kernel.bzimage, &kernel)?;
 
     let initramfs_files = archive
         .entries()
