@@ -35,6 +35,8 @@ pub enum Command {
     Eventlog(commands::eventlog::EventLogArgs),
     /// Boot, show the healthy agent and its verified measurements, power off.
     Demo(commands::demo::DemoArgs),
+    /// Fetch and verify the pinned SEV-SNP and TDX firmware; show its metadata.
+    Firmware(commands::firmware::FirmwareArgs),
 }
 
 /// Run one command.
@@ -45,5 +47,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => commands::status::run(a),
         Command::Eventlog(a) => commands::eventlog::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Firmware(a) => commands::firmware::run(a),
     }
 }

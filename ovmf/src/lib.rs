@@ -4,12 +4,28 @@
 //! measures the kernel, initramfs and command line), so the exact image used is recorded
 //! with every build and every reference value.
 //!
-//! This issue covers the `qemu` platform's firmware: Debian's `ovmf` package (OVMF with
-//! TPM 2.0 measured boot, no Secure Boot). The pinned SEV-SNP and TDX builds and the
-//! parsing of their metadata for launch measurements come with the attestation issue.
+//! - The `qemu` platform's firmware: Debian's `ovmf` package (OVMF with TPM 2.0 measured
+//!   boot, no Secure Boot), located and sanity-checked ([`dev_firmware`]).
+//! - The SEV-SNP and TDX firmware, pinned by package version and sha256 ([`pinned`]).
+//! - The metadata those images publish for launch measurements: the footer GUID table
+//!   ([`table`]), the SEV metadata sections ([`sev`]) and the TDVF descriptor ([`tdx`]).
+//!   Parsers take untrusted bytes and never panic; every failure names what was wrong.
+//!
+//! Non-goals: computing launch digests (that is `cvm-image`'s job, on top of these types).
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod guid;
+pub mod pinned;
+pub mod sev;
+pub mod table;
+pub mod tdx;
+
+pub use guid::Guid;
+pub use sev::{SevMetadata, SevSection, SevSectionKind};
+pub use table::GuidTable;
+pub use tdx::{TdxSection, TdxSectionKind};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,6 +73,41 @@ pub enum FirmwareError {
         /// What is wrong.
         reason: &'static str,
     },
+}
+
+/// Firmware metadata that is missing or malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetadataError {
+    /// The image has no usable GUID table.
+    #[error("firmware has no OVMF GUID table: {0}")]
+    NoGuidTable(&'static str),
+    /// A table entry is malformed.
+    #[error("firmware GUID table entry {guid} is malformed: {reason}")]
+    BadEntry {
+        /// The entry.
+        guid: Guid,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A required entry is absent (e.g. SEV metadata in a non-SEV build).
+    #[error("firmware GUID table has no entry {0}")]
+    MissingEntry(Guid),
+    /// The SEV metadata is malformed.
+    #[error("firmware SEV metadata is malformed: {0}")]
+    BadSevMetadata(&'static str),
+    /// The TDVF descriptor is malformed.
+    #[error("firmware TDX metadata (TDVF) is malformed: {0}")]
+    BadTdxMetadata(&'static str),
+}
+
+/// Parse the SEV metadata of a firmware image.
+pub fn parse_sev(image: &[u8]) -> Result<SevMetadata, MetadataError> {
+    sev::parse(image, &GuidTable::parse(image)?)
+}
+
+/// Parse the TDVF sections of a firmware image.
+pub fn parse_tdx(image: &[u8]) -> Result<Vec<TdxSection>, MetadataError> {
+    tdx::parse(image, &GuidTable::parse(image)?)
 }
 
 /// Find and check the dev firmware in `dir` (normally [`DEBIAN_OVMF_DIR`]).

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod demo;
 pub mod eventlog;
+pub mod firmware;
 pub mod run;
 pub mod status;
 
