@@ -93,7 +93,7 @@ pub fn parse(image: &[u8], table: &GuidTable) -> Result<SevMetadata, MetadataErr
             continue; // a range this build leaves out (e.g. no SVSM)
         }
         let kind = SevSectionKind::from_u32(kind).ok_or(bad("unknown section type"))?;
-        if gpa % 4096 != 0 || size % 4096 != 0 {
+        if !gpa.is_multiple_of(4096) || !size.is_multiple_of(4096) {
             return Err(bad("section not page aligned"));
         }
         sections.push(SevSection {

@@ -109,8 +109,8 @@ pub fn parse(image: &[u8], table: &GuidTable) -> Result<Vec<TdxSection>, Metadat
         if end > image.len() as u64 {
             return Err(bad("section data outside the image"));
         }
-        if section.gpa % 4096 != 0
-            || section.memory_size % 4096 != 0
+        if !section.gpa.is_multiple_of(4096)
+            || !section.memory_size.is_multiple_of(4096)
             || (section.raw_size as u64) > section.memory_size
         {
             return Err(bad("section not page aligned or larger than its memory"));
