@@ -17,8 +17,10 @@ pub enum ExitCode {
     Ok = 0,
     /// A host-side error: bad arguments, missing files, tools that failed.
     Error = 1,
+    /// Bad command-line usage (clap's own code).
+    Usage = 2,
     /// The guest failed or stopped without reporting an orderly power-off.
-    GuestFailed = 2,
+    GuestFailed = 3,
     /// A verification check failed.
     VerificationFailed = 4,
 }

@@ -37,6 +37,8 @@ pub enum Command {
     Demo(commands::demo::DemoArgs),
     /// Fetch and verify the pinned SEV-SNP and TDX firmware; show its metadata.
     Firmware(commands::firmware::FirmwareArgs),
+    /// Compute reference values offline (the SEV-SNP launch digest).
+    Measure(commands::measure::MeasureArgs),
 }
 
 /// Run one command.
@@ -48,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eventlog(a) => commands::eventlog::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Firmware(a) => commands::firmware::run(a),
+        Command::Measure(a) => commands::measure::run(a),
     }
 }

@@ -9,7 +9,9 @@
 //! `SOURCE_DATE_EPOCH`. Output: a folder with `bzImage`, `initramfs.cpio.zst`,
 //! `cmdline` and `manifest.json`.
 //!
-//! Non-goals (later issues): UKI, GPT disk, cloud exports, launch-measurement prediction.
+//! It also computes launch measurements offline ([`measure`]): the SEV-SNP launch digest.
+//!
+//! Non-goals (later issues): UKI, GPT disk, cloud exports.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod cpio;
 pub mod kernel;
 pub mod libs;
 pub mod manifest;
+pub mod measure;
 
 use std::fs;
 use std::path::{Path, PathBuf};

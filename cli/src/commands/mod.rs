@@ -4,6 +4,7 @@ pub mod build;
 pub mod demo;
 pub mod eventlog;
 pub mod firmware;
+pub mod measure;
 pub mod run;
 pub mod status;
 

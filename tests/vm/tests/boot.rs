@@ -130,7 +130,7 @@ fn expect_fatal(extra: &[&str], needle: &str) {
         detail.contains(needle),
         "{detail:?} does not name {needle:?}"
     );
-    assert_eq!(code, 2, "cvm run exits 2 when the guest fails");
+    assert_eq!(code, 3, "cvm run exits 3 when the guest fails");
     assert!(
         report["ready_after_ms"].is_null(),
         "the agent must never have started"

@@ -1,0 +1,154 @@
+//! `cvm measure`: reference values computed offline.
+//!
+//! `--platform snp`: the SEV-SNP launch digest. Its flags mirror the `sev-snp-measure`
+//! tool; without them it measures the image `cvm build` wrote, booted with the pinned
+//! `OVMF.amdsev.fd` as `cvm`'s SNP command line does (EPYC-v4, guest features 0x1).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cvm_image::measure::snp::{CpuType, KernelInputs, SnpLaunch, VmmType, measure_snp};
+use cvm_ovmf::pinned::{self, FetchOptions};
+use serde::Serialize;
+
+use crate::paths;
+
+/// Arguments of `cvm measure`.
+#[derive(Debug, clap::Args)]
+pub struct MeasureArgs {
+    /// Platform to compute reference values for.
+    #[arg(long, value_parser = ["snp"])]
+    pub platform: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub vcpus: u32,
+    /// vCPU model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, EPYC-Turin, …).
+    #[arg(long, default_value = "EPYC-v4")]
+    pub vcpu_type: CpuType,
+    /// SEV features of every VMSA, hex (0x1: SNP on current hosts; 0x21 adds DebugSwap).
+    #[arg(long, default_value = "0x1", value_parser = parse_u64)]
+    pub guest_features: u64,
+    /// VMM: qemu or ec2.
+    #[arg(long, default_value = "qemu")]
+    pub vmm_type: VmmType,
+    /// Firmware [default: the pinned OVMF.amdsev.fd, see `cvm firmware`].
+    #[arg(long, value_name = "PATH")]
+    pub ovmf: Option<PathBuf>,
+    /// Kernel [default: the image's bzImage].
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd [default: the image's initramfs, or none when --kernel is given].
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: the image's, or empty when --kernel is given].
+    #[arg(long)]
+    pub append: Option<String>,
+    /// Image folder whose kernel, initramfs and command line are measured by default.
+    #[arg(long, default_value = paths::DEFAULT_IMAGE_DIR)]
+    pub image: PathBuf,
+    /// Folders with local copies of the pinned firmware packages.
+    #[arg(long, value_name = "DIR")]
+    pub debs: Vec<PathBuf>,
+    /// Print one JSON document instead of the bare hex digest.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-prefixed hex)"))
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    platform: &'static str,
+    measurement: String,
+    vcpus: u32,
+    vcpu_type: String,
+    guest_features: String,
+    vmm_type: String,
+    ovmf: PathBuf,
+    ovmf_sha256: String,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    append: Option<String>,
+}
+
+fn read(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {what} {}", path.display()))
+}
+
+/// Run `cvm measure`.
+pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
+    let ovmf = match &args.ovmf {
+        Some(p) => p.clone(),
+        None => {
+            let opts = FetchOptions {
+                download: true,
+                local_dirs: super::firmware::local_dirs(&args.debs),
+            };
+            pinned::fetch(&pinned::AMDSEV, &paths::cache_dir(), &opts)?
+        }
+    };
+    let firmware = read("firmware", &ovmf)?;
+    // Explicit inputs win; with none, measure the image folder.
+    let (kernel, initrd, append) = match &args.kernel {
+        Some(k) => (
+            Some(k.clone()),
+            args.initrd.clone(),
+            Some(args.append.clone().unwrap_or_default()),
+        ),
+        None => {
+            let m = super::read_manifest(&args.image)?;
+            super::verify_image(&args.image, &m)?;
+            (
+                Some(args.image.join(&m.kernel.file)),
+                Some(
+                    args.initrd
+                        .clone()
+                        .unwrap_or_else(|| args.image.join(&m.initramfs.file)),
+                ),
+                Some(args.append.clone().unwrap_or(m.cmdline_text)),
+            )
+        }
+    };
+    let kernel_bytes = kernel.as_deref().map(|p| read("kernel", p)).transpose()?;
+    let initrd_bytes = initrd
+        .as_deref()
+        .map(|p| read("initrd", p))
+        .transpose()?
+        .unwrap_or_default();
+    let launch = SnpLaunch {
+        firmware: &firmware,
+        vcpus: args.vcpus,
+        cpu: args.vcpu_type,
+        guest_features: args.guest_features,
+        vmm: args.vmm_type,
+        kernel: kernel_bytes.as_deref().map(|k| KernelInputs {
+            kernel: k,
+            initrd: &initrd_bytes,
+            cmdline: append.as_deref().unwrap_or_default(),
+        }),
+    };
+    let digest = hex::encode(measure_snp(&launch)?);
+    if !args.json {
+        println!("{digest}");
+        return Ok(());
+    }
+    super::print_json(&Report {
+        platform: "snp",
+        measurement: digest,
+        vcpus: args.vcpus,
+        vcpu_type: args.vcpu_type.to_string(),
+        guest_features: format!("{:#x}", args.guest_features),
+        vmm_type: format!("{:?}", args.vmm_type).to_lowercase(),
+        ovmf_sha256: cvm_image::sha256_hex(&firmware),
+        ovmf,
+        kernel,
+        initrd,
+        append,
+    })
+}

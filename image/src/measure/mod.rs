@@ -1,0 +1,3 @@
+//! Launch measurements computed offline, from the same bytes the VMM loads.
+
+pub mod snp;

@@ -1,0 +1,1 @@
+//! Oracle tests only (see `tests/`): cvm's measurements against other implementations.
