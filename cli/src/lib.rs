@@ -37,7 +37,7 @@ pub enum Command {
     Demo(commands::demo::DemoArgs),
     /// Fetch and verify the pinned SEV-SNP and TDX firmware; show its metadata.
     Firmware(commands::firmware::FirmwareArgs),
-    /// Compute reference values offline (the SEV-SNP launch digest).
+    /// Compute reference values offline (SEV-SNP launch digest, TDX MRTD).
     Measure(commands::measure::MeasureArgs),
 }
 

@@ -3,11 +3,15 @@
 //! `--platform snp`: the SEV-SNP launch digest. Its flags mirror the `sev-snp-measure`
 //! tool; without them it measures the image `cvm build` wrote, booted with the pinned
 //! `OVMF.amdsev.fd` as `cvm`'s SNP command line does (EPYC-v4, guest features 0x1).
+//!
+//! `--platform tdx`: MRTD of the pinned `OVMF.inteltdx.ms.fd` (or `--ovmf`). RTMR0 depends
+//! on the VM shape and QEMU's ACPI tables and is captured from a golden boot instead.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use cvm_image::measure::snp::{CpuType, KernelInputs, SnpLaunch, VmmType, measure_snp};
+use cvm_image::measure::tdx::{PageOrder, measure_mrtd};
 use cvm_ovmf::pinned::{self, FetchOptions};
 use serde::Serialize;
 
@@ -17,8 +21,11 @@ use crate::paths;
 #[derive(Debug, clap::Args)]
 pub struct MeasureArgs {
     /// Platform to compute reference values for.
-    #[arg(long, value_parser = ["snp"])]
+    #[arg(long, value_parser = ["snp", "tdx"])]
     pub platform: String,
+    /// TDX: order of page adds and extends; `single` as upstream KVM, `two` for older stacks.
+    #[arg(long, default_value = "single", value_parser = ["single", "two"])]
+    pub page_order: String,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2)]
     pub vcpus: u32,
@@ -81,19 +88,66 @@ fn read(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("read {what} {}", path.display()))
 }
 
-/// Run `cvm measure`.
-pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
-    let ovmf = match &args.ovmf {
+#[derive(Debug, Serialize)]
+struct TdxReport {
+    platform: &'static str,
+    mrtd: String,
+    page_order: String,
+    ovmf: PathBuf,
+    ovmf_sha256: String,
+    rtmr0: &'static str,
+}
+
+/// The firmware to measure: `--ovmf`, or the pinned build for the platform.
+fn firmware(
+    args: &MeasureArgs,
+    pinned_fw: &pinned::PinnedFirmware,
+) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    let path = match &args.ovmf {
         Some(p) => p.clone(),
         None => {
             let opts = FetchOptions {
                 download: true,
                 local_dirs: super::firmware::local_dirs(&args.debs),
             };
-            pinned::fetch(&pinned::AMDSEV, &paths::cache_dir(), &opts)?
+            pinned::fetch(pinned_fw, &paths::cache_dir(), &opts)?
         }
     };
-    let firmware = read("firmware", &ovmf)?;
+    let bytes = read("firmware", &path)?;
+    Ok((path, bytes))
+}
+
+/// Run `cvm measure`.
+pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
+    match args.platform.as_str() {
+        "tdx" => run_tdx(&args),
+        _ => run_snp(args),
+    }
+}
+
+fn run_tdx(args: &MeasureArgs) -> anyhow::Result<()> {
+    let (ovmf, firmware) = firmware(args, &pinned::INTELTDX)?;
+    let order = match args.page_order.as_str() {
+        "two" => PageOrder::TwoPass,
+        _ => PageOrder::SinglePass,
+    };
+    let mrtd = hex::encode(measure_mrtd(&firmware, order)?);
+    if !args.json {
+        println!("{mrtd}");
+        return Ok(());
+    }
+    super::print_json(&TdxReport {
+        platform: "tdx",
+        mrtd,
+        page_order: args.page_order.clone(),
+        ovmf_sha256: cvm_image::sha256_hex(&firmware),
+        ovmf,
+        rtmr0: "not computed: depends on the VM shape and QEMU's ACPI tables; capture it from a golden boot",
+    })
+}
+
+fn run_snp(args: MeasureArgs) -> anyhow::Result<()> {
+    let (ovmf, firmware) = firmware(&args, &pinned::AMDSEV)?;
     // Explicit inputs win; with none, measure the image folder.
     let (kernel, initrd, append) = match &args.kernel {
         Some(k) => (
