@@ -64,6 +64,12 @@ pub struct TdxSection {
     pub attributes: u32,
 }
 
+/// Largest section accepted: TDVF volumes and temporary memory are a few MiB, and an
+/// untrusted descriptor must not make a measurement walk billions of pages.
+pub const MAX_SECTION_SIZE: u64 = 1 << 30;
+/// TDVF sections live below 4 GiB.
+const FOUR_GIB: u64 = 1 << 32;
+
 const SIGNATURE: &[u8; 4] = b"TDVF";
 const HEADER: usize = 16;
 const ITEM: usize = 32;
@@ -105,6 +111,14 @@ pub fn parse(image: &[u8], table: &GuidTable) -> Result<Vec<TdxSection>, Metadat
             kind: TdxSectionKind::from_u32(field32(24)?).ok_or(bad("unknown section type"))?,
             attributes: field32(28)?,
         };
+        if section.memory_size > MAX_SECTION_SIZE
+            || section
+                .gpa
+                .checked_add(section.memory_size)
+                .is_none_or(|end| end > FOUR_GIB)
+        {
+            return Err(bad("section larger than 1 GiB or past 4 GiB"));
+        }
         let end = section.data_offset as u64 + section.raw_size as u64;
         if end > image.len() as u64 {
             return Err(bad("section data outside the image"));

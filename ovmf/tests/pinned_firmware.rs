@@ -142,6 +142,16 @@ fn tampered_twins_are_refused_by_name() {
         parse_tdx(&t),
         Err(MetadataError::BadTdxMetadata("no TDVF signature"))
     );
+    // A section claiming 2^40 bytes of memory (section 0's memory size is at +16+16).
+    let mut t = img.clone();
+    let at = n - 0xa60 + 16 + 16;
+    t[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert_eq!(
+        parse_tdx(&t),
+        Err(MetadataError::BadTdxMetadata(
+            "section larger than 1 GiB or past 4 GiB"
+        ))
+    );
     // Truncated images and a plain OVMF without SEV metadata.
     assert!(parse_sev(&img[..n / 2]).is_err());
     assert!(parse_tdx(&img[..100]).is_err());
