@@ -16,6 +16,7 @@
 pub mod digest;
 pub mod eventlog;
 pub mod register;
+pub mod tpm;
 
 pub use digest::{Digests, HashAlg};
 pub use eventlog::{EventContent, EventKind, EventLog, EventLogError, EventRecord};

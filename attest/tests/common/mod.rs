@@ -1,0 +1,97 @@
+//! A real TPM for tests: swtpm over TCP, provisioned like the guest's vTPM.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub struct Swtpm {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two adjacent free ports: the tss2 swtpm TCTI talks to PORT and its control
+/// channel on PORT+1.
+pub fn free_port_pair() -> (u16, u16) {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return (port, port + 1);
+        }
+    }
+}
+
+/// A fresh swtpm with sha256 and sha384 banks, powered on and started.
+pub fn swtpm() -> Swtpm {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Command::new("swtpm_setup")
+        .args(["--tpm2", "--tpmstate"])
+        .arg(dir.path())
+        .args(["--pcr-banks", "sha256,sha384"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("swtpm_setup (run ./scripts/setup)");
+    assert!(setup.success());
+    let (port, ctrl) = free_port_pair();
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", dir.path().display()))
+        .args(["--server", &format!("type=tcp,port={port}")])
+        .args(["--ctrl", &format!("type=tcp,port={ctrl}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("swtpm");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "swtpm did not listen");
+        sleep(Duration::from_millis(20));
+    }
+    Swtpm {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+pub fn tcti(t: &Swtpm) -> String {
+    format!("swtpm:host=127.0.0.1,port={}", t.port)
+}
+
+/// PCR value as printed by tpm2_pcrread (independent of tss-esapi).
+pub fn pcrread(t: &Swtpm, bank: &str, index: u32) -> String {
+    let out = Command::new("tpm2_pcrread")
+        .args(["-T", &tcti(t), &format!("{bank}:{index}")])
+        .output()
+        .expect("tpm2_pcrread (run ./scripts/setup)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{index}")))
+        .unwrap();
+    line.split("0x").nth(1).unwrap().trim().to_ascii_lowercase()
+}
