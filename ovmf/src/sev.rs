@@ -5,7 +5,9 @@
 //! u32 item count, then items of u32 GPA, u32 size, u32 type.
 
 use crate::MetadataError;
-use crate::table::{GuidTable, SEV_ES_RESET_BLOCK, SEV_HASH_TABLE, SEV_METADATA, read_u32};
+use crate::table::{
+    GuidTable, SEV_ES_RESET_BLOCK, SEV_HASH_TABLE, SEV_METADATA, metadata_block, read_u32,
+};
 
 /// What the VMM puts into a metadata range before launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,33 +60,22 @@ pub struct SevMetadata {
 }
 
 const SIGNATURE: &[u8; 4] = b"ASEV";
-const HEADER: usize = 16;
 const ITEM: usize = 12;
 
 /// Parse the SEV metadata of a whole firmware image.
 pub fn parse(image: &[u8], table: &GuidTable) -> Result<SevMetadata, MetadataError> {
     let bad = MetadataError::BadSevMetadata;
-    let from_end = table.u32_at(SEV_METADATA, 0)? as usize;
-    let start = image
-        .len()
-        .checked_sub(from_end)
-        .ok_or(bad("offset points before the image"))?;
-    let header = image
-        .get(start..start + HEADER)
-        .ok_or(bad("header outside the image"))?;
-    if &header[..4] != SIGNATURE {
-        return Err(bad("no ASEV signature"));
-    }
-    let count = read_u32(header, 12).ok_or(bad("truncated header"))? as usize;
-    if count > 64 {
-        return Err(bad("more than 64 sections"));
-    }
-    let mut sections = Vec::with_capacity(count);
-    for i in 0..count {
-        let at = start + HEADER + i * ITEM;
-        let item = image
-            .get(at..at + ITEM)
-            .ok_or(bad("section list outside the image"))?;
+    let block = metadata_block(
+        image,
+        table,
+        SEV_METADATA,
+        SIGNATURE,
+        ITEM,
+        bad,
+        "no ASEV signature",
+    )?;
+    let mut sections = Vec::with_capacity(block.items.len());
+    for item in block.items {
         let (gpa, size, kind) = (read_u32(item, 0), read_u32(item, 4), read_u32(item, 8));
         let (Some(gpa), Some(size), Some(kind)) = (gpa, size, kind) else {
             return Err(bad("truncated section"));

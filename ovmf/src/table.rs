@@ -114,6 +114,58 @@ impl GuidTable {
     }
 }
 
+/// A metadata block that a GUID-table entry locates by its offset from the end of the
+/// image: a 16-byte header (signature, u32 length, u32 version, u32 item count) and the
+/// items that follow it.
+pub(crate) struct MetadataBlock<'a> {
+    /// The header's version field.
+    pub version: u32,
+    /// The items, each `item_len` bytes.
+    pub items: Vec<&'a [u8]>,
+}
+
+/// Most items a metadata block may declare.
+const MAX_ITEMS: usize = 64;
+
+/// Locate and split the block of `guid`; `bad` wraps a reason in the caller's error,
+/// `no_signature` is the reason given when `signature` is absent.
+pub(crate) fn metadata_block<'a>(
+    image: &'a [u8],
+    table: &GuidTable,
+    guid: Guid,
+    signature: &[u8; 4],
+    item_len: usize,
+    bad: fn(&'static str) -> MetadataError,
+    no_signature: &'static str,
+) -> Result<MetadataBlock<'a>, MetadataError> {
+    const HEADER: usize = 16;
+    let from_end = table.u32_at(guid, 0)? as usize;
+    let start = image
+        .len()
+        .checked_sub(from_end)
+        .ok_or(bad("offset points before the image"))?;
+    let header = image
+        .get(start..start + HEADER)
+        .ok_or(bad("header outside the image"))?;
+    if &header[..4] != signature {
+        return Err(bad(no_signature));
+    }
+    let version = read_u32(header, 8).ok_or(bad("truncated header"))?;
+    let count = read_u32(header, 12).ok_or(bad("truncated header"))? as usize;
+    if count > MAX_ITEMS {
+        return Err(bad("more than 64 sections"));
+    }
+    let items = (0..count)
+        .map(|i| {
+            let at = start + HEADER + i * item_len;
+            image
+                .get(at..at + item_len)
+                .ok_or(bad("section list outside the image"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(MetadataBlock { version, items })
+}
+
 fn header(bytes: &[u8], at: usize) -> Result<(usize, Guid), MetadataError> {
     let h = bytes
         .get(at..at + ENTRY_HEADER)

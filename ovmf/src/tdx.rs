@@ -6,7 +6,7 @@
 //! size, u64 memory address, u64 memory size, u32 type, u32 attributes.
 
 use crate::MetadataError;
-use crate::table::{GuidTable, TDX_METADATA, read_u32, read_u64};
+use crate::table::{GuidTable, TDX_METADATA, metadata_block, read_u32, read_u64};
 
 /// Section types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,36 +71,25 @@ pub const MAX_SECTION_SIZE: u64 = 1 << 30;
 const FOUR_GIB: u64 = 1 << 32;
 
 const SIGNATURE: &[u8; 4] = b"TDVF";
-const HEADER: usize = 16;
 const ITEM: usize = 32;
 
 /// Parse the TDVF descriptor of a whole firmware image.
 pub fn parse(image: &[u8], table: &GuidTable) -> Result<Vec<TdxSection>, MetadataError> {
     let bad = MetadataError::BadTdxMetadata;
-    let from_end = table.u32_at(TDX_METADATA, 0)? as usize;
-    let start = image
-        .len()
-        .checked_sub(from_end)
-        .ok_or(bad("offset points before the image"))?;
-    let header = image
-        .get(start..start + HEADER)
-        .ok_or(bad("header outside the image"))?;
-    if &header[..4] != SIGNATURE {
-        return Err(bad("no TDVF signature"));
-    }
-    if read_u32(header, 8) != Some(1) {
+    let block = metadata_block(
+        image,
+        table,
+        TDX_METADATA,
+        SIGNATURE,
+        ITEM,
+        bad,
+        "no TDVF signature",
+    )?;
+    if block.version != 1 {
         return Err(bad("unsupported TDVF version"));
     }
-    let count = read_u32(header, 12).ok_or(bad("truncated header"))? as usize;
-    if count > 64 {
-        return Err(bad("more than 64 sections"));
-    }
-    let mut sections = Vec::with_capacity(count);
-    for i in 0..count {
-        let at = start + HEADER + i * ITEM;
-        let item = image
-            .get(at..at + ITEM)
-            .ok_or(bad("section list outside the image"))?;
+    let mut sections = Vec::with_capacity(block.items.len());
+    for item in block.items {
         let field32 = |o| read_u32(item, o).ok_or(bad("truncated section"));
         let field64 = |o| read_u64(item, o).ok_or(bad("truncated section"));
         let section = TdxSection {
