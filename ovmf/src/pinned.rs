@@ -219,8 +219,7 @@ fn download(fw: &PinnedFirmware, dir: &Path) -> Result<PathBuf, String> {
         &["download", &format!("{}={}", fw.package, fw.version)],
         &debs,
     )?;
-    // apt names the file with the version's ':' and '+' escaped differently per release.
-    fs::read_dir(&debs)
+    let found = fs::read_dir(&debs)
         .map_err(|e| format!("{}: {e}", debs.display()))?
         .flatten()
         .map(|e| e.path())
@@ -228,5 +227,12 @@ fn download(fw: &PinnedFirmware, dir: &Path) -> Result<PathBuf, String> {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}_", fw.package)))
         })
-        .ok_or_else(|| "apt-get download produced no .deb".to_owned())
+        .ok_or_else(|| "apt-get download produced no .deb".to_owned())?;
+    // Kept under its canonical name in one folder for both packages, so that folder can
+    // serve later as a local copy (CVM_FIRMWARE_DEBS).
+    let shared = dir.parent().unwrap_or(dir).join("debs");
+    fs::create_dir_all(&shared).map_err(|e| format!("{}: {e}", shared.display()))?;
+    let kept = shared.join(fw.deb_name());
+    fs::rename(&found, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
+    Ok(kept)
 }

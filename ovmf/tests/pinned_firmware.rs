@@ -9,7 +9,10 @@ use cvm_ovmf::pinned::{AMDSEV, FetchOptions, INTELTDX, fetch};
 use cvm_ovmf::{MetadataError, SevSectionKind, TdxSectionKind, parse_sev, parse_tdx, tdx};
 
 fn shared_firmware() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/firmware");
+    let dir = std::env::var_os("CVM_FIRMWARE_DEBS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/firmware"),
+        PathBuf::from,
+    );
     assert!(
         dir.join("SHA256SUMS").exists(),
         "{} missing: the tests need ../shared beside the clone",

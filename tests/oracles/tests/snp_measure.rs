@@ -14,7 +14,10 @@ use sev::measurement::vcpu_types::CpuType as SevCpu;
 use sev::measurement::vmsa::{GuestFeatures, VMMType};
 
 fn pinned_amdsev(cache: &Path) -> PathBuf {
-    let debs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firmware");
+    let debs = std::env::var_os("CVM_FIRMWARE_DEBS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firmware"),
+        PathBuf::from,
+    );
     fetch(
         &AMDSEV,
         cache,

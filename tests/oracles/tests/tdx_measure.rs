@@ -8,7 +8,10 @@ use cvm_image::measure::tdx::{PageOrder, TdxMeasureError, measure_mrtd};
 use cvm_ovmf::pinned::{AMDSEV, FetchOptions, INTELTDX, PinnedFirmware, fetch};
 
 fn pinned(fw: &PinnedFirmware, cache: &Path) -> PathBuf {
-    let debs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firmware");
+    let debs = std::env::var_os("CVM_FIRMWARE_DEBS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firmware"),
+        PathBuf::from,
+    );
     fetch(
         fw,
         cache,
