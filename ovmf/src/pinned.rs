@@ -1,11 +1,11 @@
 //! The SEV-SNP and TDX firmware, pinned by package version and sha256.
 //!
 //! Debian's `ovmf` has no SEV or TDX build; `ovmf-amdsev` and `ovmf-inteltdx` exist only
-//! in sid, which drops old versions. So [`fetch`] looks in the cache first, then asks
-//! Debian for the exact pinned version (a private apt configuration; the system's apt
-//! state is not touched), then falls back to local copies of the `.deb` (such as
-//! `../shared/firmware`). Every `.deb` and every extracted image must match its pinned
-//! sha256, or it is refused.
+//! in sid, which drops old versions. So [`fetch`] looks in the cache first, then at local
+//! copies of the `.deb` (such as `../shared/firmware`), then asks Debian for the exact
+//! pinned version (a private apt configuration; the system's apt state is not touched).
+//! Every `.deb` and every extracted image must match its pinned sha256, or it is refused,
+//! so the order only decides speed and whether the network is needed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -104,14 +104,21 @@ pub fn fetch(
         )),
         Err(_) => {}
     }
-    let mut debs = Vec::new();
-    if opts.download {
-        match download(fw, &dir) {
-            Ok(deb) => debs.push(deb),
-            Err(e) => tried.push(format!("download: {e}")),
+    let local = opts.local_dirs.iter().map(|d| d.join(fw.deb_name()));
+    let mut debs: Vec<PathBuf> = local.filter(|p| p.exists()).collect();
+    if debs.is_empty() {
+        tried.extend(
+            opts.local_dirs
+                .iter()
+                .map(|d| format!("{}: no {}", d.display(), fw.deb_name())),
+        );
+        if opts.download {
+            match download(fw, &dir) {
+                Ok(deb) => debs.push(deb),
+                Err(e) => tried.push(format!("download: {e}")),
+            }
         }
     }
-    debs.extend(opts.local_dirs.iter().map(|d| d.join(fw.deb_name())));
     for deb in debs {
         match sha256_file(&deb) {
             Ok(h) if h == fw.deb_sha256 => {}

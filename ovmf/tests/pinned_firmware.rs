@@ -8,24 +8,31 @@ use std::path::PathBuf;
 use cvm_ovmf::pinned::{AMDSEV, FetchOptions, INTELTDX, fetch};
 use cvm_ovmf::{MetadataError, SevSectionKind, TdxSectionKind, parse_sev, parse_tdx, tdx};
 
-fn shared_firmware() -> PathBuf {
-    let dir = std::env::var_os("CVM_FIRMWARE_DEBS").map_or_else(
+/// Local copies of the pinned packages: $CVM_FIRMWARE_DEBS or ../shared/firmware. When
+/// they are absent, fetch() downloads the pinned versions instead.
+fn debs_dir() -> PathBuf {
+    std::env::var_os("CVM_FIRMWARE_DEBS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/firmware"),
         PathBuf::from,
-    );
-    assert!(
-        dir.join("SHA256SUMS").exists(),
-        "{} missing: the tests need ../shared beside the clone",
-        dir.display()
-    );
-    dir
+    )
 }
 
 fn local() -> FetchOptions {
     FetchOptions {
-        download: false,
-        local_dirs: vec![shared_firmware()],
+        download: true,
+        local_dirs: vec![debs_dir()],
     }
+}
+
+/// A genuine .deb: the local copy, or the one fetch() downloaded into a cache.
+fn good_deb(fw: &cvm_ovmf::pinned::PinnedFirmware, cache: &std::path::Path) -> PathBuf {
+    let name = format!("{}_{}_all.deb", fw.package, fw.version);
+    let local_copy = debs_dir().join(&name);
+    if local_copy.exists() {
+        return local_copy;
+    }
+    fetch(fw, cache, &local()).unwrap();
+    cache.join("firmware/debs").join(name)
 }
 
 fn image(fw: &cvm_ovmf::pinned::PinnedFirmware) -> Vec<u8> {
@@ -60,7 +67,8 @@ fn fetch_verifies_caches_and_refuses_tampered_copies() {
     // A tampered .deb is refused by its hash.
     let bad_dir = tempfile::tempdir().unwrap();
     let deb = format!("{}_{}_all.deb", INTELTDX.package, INTELTDX.version);
-    let mut deb_bytes = fs::read(shared_firmware().join(&deb)).unwrap();
+    let deb_cache = tempfile::tempdir().unwrap();
+    let mut deb_bytes = fs::read(good_deb(&INTELTDX, deb_cache.path())).unwrap();
     let last = deb_bytes.len() - 1;
     deb_bytes[last] ^= 0xff;
     fs::write(bad_dir.path().join(&deb), &deb_bytes).unwrap();

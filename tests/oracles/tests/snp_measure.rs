@@ -22,7 +22,7 @@ fn pinned_amdsev(cache: &Path) -> PathBuf {
         &AMDSEV,
         cache,
         &FetchOptions {
-            download: false,
+            download: true,
             local_dirs: vec![debs],
         },
     )

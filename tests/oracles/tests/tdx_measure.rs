@@ -16,7 +16,7 @@ fn pinned(fw: &PinnedFirmware, cache: &Path) -> PathBuf {
         fw,
         cache,
         &FetchOptions {
-            download: false,
+            download: true,
             local_dirs: vec![debs],
         },
     )
