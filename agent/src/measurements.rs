@@ -62,8 +62,8 @@ pub fn read(eventlog: &Path, sysfs: &Path) -> Result<EventLogResponse, Measureme
 /// not have allocated has no directory.
 fn read_pcrs(sysfs: &Path, index: u32) -> Result<Vec<RegisterValue>, MeasurementsError> {
     let mut values = Vec::new();
-    for (alg, name) in [(HashAlg::Sha256, "sha256"), (HashAlg::Sha384, "sha384")] {
-        let path = sysfs.join(format!("class/tpm/tpm0/pcr-{name}/{index}"));
+    for alg in [HashAlg::Sha256, HashAlg::Sha384] {
+        let path = sysfs.join(format!("class/tpm/tpm0/pcr-{}/{index}", alg.name()));
         if !path.exists() {
             continue;
         }

@@ -14,6 +14,14 @@ pub enum HashAlg {
 }
 
 impl HashAlg {
+    /// The bank's name, as in the event log and in sysfs (`pcr-<name>`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            HashAlg::Sha256 => "sha256",
+            HashAlg::Sha384 => "sha384",
+        }
+    }
+
     /// Size of a digest of this algorithm in bytes.
     pub const fn digest_len(self) -> usize {
         match self {

@@ -28,7 +28,7 @@ pub fn check_eventlog(resp: &EventLogResponse, manifest: Option<&Manifest>) -> V
         });
     }
     for rv in &resp.register_values {
-        let name = format!("replay {:?} {}", resp.log.register, alg_name(rv.hash_alg));
+        let name = format!("replay {:?} {}", resp.log.register, rv.hash_alg.name());
         let actual = hex::decode(&rv.value).unwrap_or_default();
         checks.push(match resp.log.verify_replay(rv.hash_alg, &actual) {
             Ok(()) => Check {
@@ -84,12 +84,5 @@ fn check_file(resp: &EventLogResponse, m: &Manifest, kind: EventKind, path: &str
             ok: false,
             detail: "no such file in the image manifest".into(),
         },
-    }
-}
-
-fn alg_name(alg: HashAlg) -> &'static str {
-    match alg {
-        HashAlg::Sha256 => "sha256",
-        HashAlg::Sha384 => "sha384",
     }
 }

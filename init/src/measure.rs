@@ -37,21 +37,22 @@ pub enum MeasureError {
 
 /// Open the register the configuration asks for.
 pub fn open_register(config: &Config) -> Result<Box<dyn MeasurementRegister>, MeasureError> {
-    let tcti = format!("device:{TPM_DEVICE}");
-    match config.tpm {
-        TpmMode::Off => Ok(Box::new(NoRegister)),
-        TpmMode::Optional if !wait_for(Path::new(TPM_DEVICE), config.tpm_wait) => {
-            warn!("no TPM: the event log is not backed by a register");
-            Ok(Box::new(NoRegister))
-        }
-        TpmMode::Optional => Ok(Box::new(TpmPcr::open(&tcti, RUNTIME_PCR)?)),
-        TpmMode::Required => {
-            if !wait_for(Path::new(TPM_DEVICE), config.tpm_wait) {
-                return Err(MeasureError::NoTpm(config.tpm_wait));
-            }
-            Ok(Box::new(TpmPcr::open(&tcti, RUNTIME_PCR)?))
-        }
+    if config.tpm == TpmMode::Off {
+        return Ok(Box::new(NoRegister));
     }
+    if !wait_for(Path::new(TPM_DEVICE), config.tpm_wait) {
+        if config.tpm == TpmMode::Required {
+            return Err(MeasureError::NoTpm(config.tpm_wait));
+        }
+        warn!("no TPM: the event log is not backed by a register");
+        return Ok(Box::new(NoRegister));
+    }
+    // A TPM that is present but fails to open is an error in every mode: never degrade
+    // silently to an unbacked log.
+    Ok(Box::new(TpmPcr::open(
+        &format!("device:{TPM_DEVICE}"),
+        RUNTIME_PCR,
+    )?))
 }
 
 /// Built-in drivers usually probe before PID1 runs, but probing can be asynchronous.

@@ -107,11 +107,6 @@ impl GuidTable {
             reason: "too short",
         })
     }
-
-    /// All entries, in file order.
-    pub fn entries(&self) -> &[(Guid, Vec<u8>)] {
-        &self.entries
-    }
 }
 
 /// A metadata block that a GUID-table entry locates by its offset from the end of the

@@ -59,7 +59,6 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SwtpmErro
 pub struct Swtpm {
     child: Child,
     socket: PathBuf,
-    state: PathBuf,
 }
 
 impl Swtpm {
@@ -116,11 +115,7 @@ impl Swtpm {
                 program: "swtpm",
                 source,
             })?;
-        let mut tpm = Swtpm {
-            child,
-            socket,
-            state: state.to_owned(),
-        };
+        let mut tpm = Swtpm { child, socket };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !tpm.socket.exists() {
             let exited = matches!(tpm.child.try_wait(), Ok(Some(_)));
@@ -135,11 +130,6 @@ impl Swtpm {
     /// The control socket QEMU connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
-    }
-
-    /// The folder holding the TPM state and logs.
-    pub fn state(&self) -> &Path {
-        &self.state
     }
 }
 
