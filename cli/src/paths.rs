@@ -18,11 +18,16 @@ pub fn cache_dir() -> PathBuf {
 /// The default image folder, relative to the working directory.
 pub const DEFAULT_IMAGE_DIR: &str = "build/image";
 
-/// A binary that sits next to the running `cvm` (same cargo target folder).
-pub fn sibling_binary(name: &str) -> PathBuf {
+/// A guest binary (`cvm-init`, `cvm-agent`): in `$CVM_GUEST_BIN`, else in the `guest`
+/// profile folder beside the running `cvm`'s own (`target/guest/` next to
+/// `target/release/`), where `cargo build --profile guest` puts them.
+pub fn guest_binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CVM_GUEST_BIN") {
+        return PathBuf::from(dir).join(name);
+    }
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .and_then(|exe| exe.parent()?.parent().map(|d| d.join("guest").join(name)))
         .unwrap_or_else(|| PathBuf::from(name))
 }
 

@@ -1,6 +1,8 @@
-//! Producing a quote in the guest: an attestation key created under the endorsement
-//! hierarchy (restricted RSA-2048 signing key, TCG EK credential profile policies), a
-//! quote over all 24 sha256 PCRs qualified by the caller's nonce, and the PCR values.
+//! The TPM attester in the guest: an attestation key (AK) created once under the
+//! endorsement hierarchy (restricted RSA-2048 signing key, TCG EK credential profile
+//! policies) and kept for the attester's life; the identity a verifier needs to bind it
+//! to the EK (EK certificate, AK public area); credential activation; and quotes over
+//! all 24 sha256 PCRs qualified by the verifier's nonce.
 
 use std::str::FromStr as _;
 
@@ -9,16 +11,21 @@ use base64::engine::general_purpose::STANDARD;
 use tss_esapi::Context;
 use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ak, ek};
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{AuthHandle, KeyHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
 };
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
-use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Data, PcrSelectionListBuilder, PcrSlot, SignatureScheme};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Data, EncryptedSecret, IdObject, PcrSelectionListBuilder, PcrSlot, Private, Public,
+    SignatureScheme, SymmetricDefinition,
+};
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall as _;
 
-use super::{PCR_COUNT, TpmEvidence, TpmQuote};
+use super::{AkIdentity, PCR_COUNT, TpmEvidence, TpmQuote};
 
 /// Largest qualifying data a quote accepts here (Trustee sends 32 bytes).
 pub const MAX_NONCE: usize = 32;
@@ -41,6 +48,9 @@ pub enum AttesterError {
     /// The AK public key could not be encoded.
     #[error("encode the AK public key as DER failed: {0}")]
     Encode(String),
+    /// The activation request is not base64 or too large for the TPM.
+    #[error("credential activation input {0} is malformed")]
+    Activation(&'static str),
     /// The TPM returned fewer PCR values than asked for.
     #[error("TPM returned {0} sha256 PCR values instead of 24")]
     Pcrs(usize),
@@ -77,82 +87,223 @@ const SLOTS: [PcrSlot; PCR_COUNT] = [
     PcrSlot::Slot23,
 ];
 
-/// Quote all 24 sha256 PCRs of the TPM at `tcti` with `nonce` as qualifying data.
+/// An attestation key in the TPM at a TCTI.
+#[derive(Debug)]
+pub struct TpmAttester {
+    tcti: TctiNameConf,
+    ak_private: Private,
+    ak_public: Public,
+}
+
+impl TpmAttester {
+    /// Create the EK (from its template: the same key on every call) and a new AK under it.
+    pub fn create(tcti: &str) -> Result<Self, AttesterError> {
+        let tcti = TctiNameConf::from_str(tcti).map_err(tpm("TCTI configuration"))?;
+        let mut ctx = Context::new(tcti.clone()).map_err(tpm("open"))?;
+        let ek_handle = create_ek(&mut ctx)?;
+        let ak = ak::create_ak(
+            &mut ctx,
+            ek_handle,
+            HashingAlgorithm::Sha256,
+            SignatureSchemeAlgorithm::RsaSsa,
+            None,
+            DefaultKey,
+        )
+        .map_err(tpm("create AK"));
+        let _ = ctx.flush_context(ek_handle.into());
+        let ak = ak?;
+        Ok(Self {
+            tcti,
+            ak_private: ak.out_private,
+            ak_public: ak.out_public,
+        })
+    }
+
+    /// What a verifier needs to bind the AK to the EK: the EK certificate and public
+    /// key, and the AK's public area (whose hash is its TPM name).
+    pub fn identity(&self) -> Result<AkIdentity, AttesterError> {
+        let mut ctx = self.open()?;
+        let ek_handle = create_ek(&mut ctx)?;
+        let ek_public = ctx.read_public(ek_handle).map_err(tpm("ReadPublic EK"));
+        let _ = ctx.flush_context(ek_handle.into());
+        let (ek_public, _, _) = ek_public?;
+        let ek_cert = ek::retrieve_ek_pubcert(
+            &mut ctx,
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+        )
+        .ok()
+        .map(|der| STANDARD.encode(der));
+        Ok(AkIdentity {
+            ek_cert,
+            ek_public: STANDARD.encode(spki_der(ek_public)?),
+            ak_public: STANDARD.encode(spki_der(self.ak_public.clone())?),
+            ak_tpm_public: STANDARD.encode(
+                self.ak_public
+                    .marshall()
+                    .map_err(tpm("marshal AK TPMT_PUBLIC"))?,
+            ),
+        })
+    }
+
+    /// TPM2_ActivateCredential: recover the secret a verifier sealed to this TPM's EK
+    /// for this AK's name. Fails unless both keys are in this TPM.
+    pub fn activate(
+        &self,
+        credential_blob: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, AttesterError> {
+        let blob = IdObject::try_from(credential_blob.to_vec())
+            .map_err(|_| AttesterError::Activation("credential_blob"))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(|_| AttesterError::Activation("encrypted_secret"))?;
+        let mut ctx = self.open()?;
+        let ek_handle = create_ek(&mut ctx)?;
+        let result = self.activate_with(&mut ctx, ek_handle, blob, secret);
+        let _ = ctx.flush_context(ek_handle.into());
+        result
+    }
+
+    fn activate_with(
+        &self,
+        ctx: &mut Context,
+        ek_handle: KeyHandle,
+        blob: IdObject,
+        secret: EncryptedSecret,
+    ) -> Result<Vec<u8>, AttesterError> {
+        let ak_handle = self.load_ak(ctx, ek_handle)?;
+        // The EK's policy is PolicySecret(endorsement hierarchy): satisfy it in a
+        // policy session, authorised with the (empty) endorsement password.
+        let policy = ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(tpm("StartAuthSession"))?
+            .ok_or(AttesterError::Activation("policy session"))?;
+        let policy_session = PolicySession::try_from(policy).map_err(tpm("policy session"))?;
+        let out = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.policy_secret(
+                    policy_session,
+                    AuthHandle::Endorsement,
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    None,
+                )
+            })
+            .map_err(tpm("PolicySecret(endorsement)"))
+            .and_then(|_| {
+                ctx.execute_with_sessions((Some(AuthSession::Password), Some(policy), None), |c| {
+                    c.activate_credential(ak_handle, ek_handle, blob, secret)
+                })
+                .map_err(tpm("ActivateCredential"))
+            });
+        let _ = ctx.flush_context(SessionHandle::from(policy).into());
+        let _ = ctx.flush_context(ak_handle.into());
+        Ok(out?.value().to_vec())
+    }
+
+    /// Quote all 24 sha256 PCRs with `nonce` as qualifying data.
+    pub fn quote(&self, nonce: &[u8]) -> Result<TpmEvidence, AttesterError> {
+        if nonce.is_empty() || nonce.len() > MAX_NONCE {
+            return Err(AttesterError::Nonce(nonce.len()));
+        }
+        let mut ctx = self.open()?;
+        let ek_handle = create_ek(&mut ctx)?;
+        let ak_handle = self.load_ak(&mut ctx, ek_handle);
+        let _ = ctx.flush_context(ek_handle.into());
+        let ak_handle = ak_handle?;
+        let result = self.quote_with(&mut ctx, ak_handle, nonce);
+        let _ = ctx.flush_context(ak_handle.into());
+        result
+    }
+
+    fn quote_with(
+        &self,
+        ctx: &mut Context,
+        ak_handle: KeyHandle,
+        nonce: &[u8],
+    ) -> Result<TpmEvidence, AttesterError> {
+        let selection = PcrSelectionListBuilder::new()
+            .with_selection(HashingAlgorithm::Sha256, &SLOTS)
+            .build()
+            .map_err(tpm("PCR selection"))?;
+        let qualifying = Data::try_from(nonce.to_vec()).map_err(tpm("nonce"))?;
+        let (attest, signature) = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.quote(
+                    ak_handle,
+                    qualifying,
+                    SignatureScheme::Null,
+                    selection.clone(),
+                )
+            })
+            .map_err(tpm("Quote"))?;
+        let pcr_data = read_all(ctx, selection).map_err(tpm("PCR_Read"))?;
+        let bank = pcr_data
+            .pcr_bank(HashingAlgorithm::Sha256)
+            .ok_or(AttesterError::Pcrs(0))?;
+        let pcrs: Vec<String> = SLOTS
+            .iter()
+            .filter_map(|slot| bank.get_digest(*slot).map(|d| hex::encode(d.value())))
+            .collect();
+        if pcrs.len() != PCR_COUNT {
+            return Err(AttesterError::Pcrs(pcrs.len()));
+        }
+        let ek_cert =
+            ek::retrieve_ek_pubcert(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048))
+                .ok()
+                .map(|der| STANDARD.encode(der));
+        Ok(TpmEvidence {
+            ak_public: STANDARD.encode(spki_der(self.ak_public.clone())?),
+            tpm_quote: TpmQuote {
+                message: STANDARD.encode(attest.marshall().map_err(tpm("marshal TPMS_ATTEST"))?),
+                signature: STANDARD.encode(
+                    signature
+                        .marshall()
+                        .map_err(tpm("marshal TPMT_SIGNATURE"))?,
+                ),
+                pcrs,
+            },
+            ek_cert,
+        })
+    }
+
+    fn open(&self) -> Result<Context, AttesterError> {
+        Context::new(self.tcti.clone()).map_err(tpm("open"))
+    }
+
+    fn load_ak(&self, ctx: &mut Context, ek_handle: KeyHandle) -> Result<KeyHandle, AttesterError> {
+        ak::load_ak(
+            ctx,
+            ek_handle,
+            None,
+            self.ak_private.clone(),
+            self.ak_public.clone(),
+        )
+        .map_err(tpm("load AK"))
+    }
+}
+
+fn create_ek(ctx: &mut Context) -> Result<KeyHandle, AttesterError> {
+    ek::create_ek_object(ctx, AsymmetricAlgorithm::Rsa, DefaultKey).map_err(tpm("create EK"))
+}
+
+fn spki_der(public: Public) -> Result<Vec<u8>, AttesterError> {
+    let spki = picky_asn1_x509::SubjectPublicKeyInfo::try_from(public)
+        .map_err(|e| AttesterError::Encode(e.to_string()))?;
+    picky_asn1_der::to_vec(&spki).map_err(|e| AttesterError::Encode(e.to_string()))
+}
+
+/// Create an AK and quote once (for callers that need a single quote).
 pub fn quote(tcti: &str, nonce: &[u8]) -> Result<TpmEvidence, AttesterError> {
     if nonce.is_empty() || nonce.len() > MAX_NONCE {
         return Err(AttesterError::Nonce(nonce.len()));
     }
-    let conf = TctiNameConf::from_str(tcti).map_err(tpm("TCTI configuration"))?;
-    let mut ctx = Context::new(conf).map_err(tpm("open"))?;
-    let ek_handle = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Rsa, DefaultKey)
-        .map_err(tpm("create EK"))?;
-    let ak_key = ak::create_ak(
-        &mut ctx,
-        ek_handle,
-        HashingAlgorithm::Sha256,
-        SignatureSchemeAlgorithm::RsaSsa,
-        None,
-        DefaultKey,
-    )
-    .map_err(tpm("create AK"))?;
-    let ak_handle = ak::load_ak(
-        &mut ctx,
-        ek_handle,
-        None,
-        ak_key.out_private,
-        ak_key.out_public.clone(),
-    )
-    .map_err(tpm("load AK"))?;
-
-    let selection = PcrSelectionListBuilder::new()
-        .with_selection(HashingAlgorithm::Sha256, &SLOTS)
-        .build()
-        .map_err(tpm("PCR selection"))?;
-    let qualifying = Data::try_from(nonce.to_vec()).map_err(tpm("nonce"))?;
-    let (attest, signature) = ctx
-        .execute_with_session(Some(AuthSession::Password), |c| {
-            c.quote(
-                ak_handle,
-                qualifying,
-                SignatureScheme::Null,
-                selection.clone(),
-            )
-        })
-        .map_err(tpm("Quote"))?;
-    let pcr_data = read_all(&mut ctx, selection).map_err(tpm("PCR_Read"))?;
-    let bank = pcr_data
-        .pcr_bank(HashingAlgorithm::Sha256)
-        .ok_or(AttesterError::Pcrs(0))?;
-    let pcrs: Vec<String> = SLOTS
-        .iter()
-        .filter_map(|slot| bank.get_digest(*slot).map(|d| hex::encode(d.value())))
-        .collect();
-    if pcrs.len() != PCR_COUNT {
-        return Err(AttesterError::Pcrs(pcrs.len()));
-    }
-    let ek_cert = ek::retrieve_ek_pubcert(
-        &mut ctx,
-        AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
-    )
-    .ok()
-    .map(|der| STANDARD.encode(der));
-    let _ = ctx.flush_context(ak_handle.into());
-    let _ = ctx.flush_context(ek_handle.into());
-
-    let spki = picky_asn1_x509::SubjectPublicKeyInfo::try_from(ak_key.out_public)
-        .map_err(|e| AttesterError::Encode(e.to_string()))?;
-    let ak_der = picky_asn1_der::to_vec(&spki).map_err(|e| AttesterError::Encode(e.to_string()))?;
-    Ok(TpmEvidence {
-        ak_public: STANDARD.encode(ak_der),
-        tpm_quote: TpmQuote {
-            message: STANDARD.encode(attest.marshall().map_err(tpm("marshal TPMS_ATTEST"))?),
-            signature: STANDARD.encode(
-                signature
-                    .marshall()
-                    .map_err(tpm("marshal TPMT_SIGNATURE"))?,
-            ),
-            pcrs,
-        },
-        ek_cert,
-    })
+    TpmAttester::create(tcti)?.quote(nonce)
 }

@@ -3,6 +3,11 @@
 
 #[cfg(feature = "tpm")]
 pub mod attester;
+#[cfg(feature = "verifier")]
+pub mod credential;
+#[cfg(feature = "verifier")]
+pub mod ekcert;
+pub mod public;
 pub mod quote;
 #[cfg(feature = "verifier")]
 pub mod verifier;
@@ -33,4 +38,37 @@ pub struct TpmQuote {
     pub signature: String,
     /// The 24 sha256 PCR values, lower-case hex, index order.
     pub pcrs: Vec<String>,
+}
+
+/// What a verifier needs to bind an attestation key to its TPM's endorsement key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AkIdentity {
+    /// The EK certificate (standard base64 of DER), when the TPM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_cert: Option<String>,
+    /// The EK: standard base64 of its DER SubjectPublicKeyInfo.
+    pub ek_public: String,
+    /// The AK: standard base64 of its DER SubjectPublicKeyInfo (as in the evidence).
+    pub ak_public: String,
+    /// The AK's marshalled TPMT_PUBLIC, standard base64: its hash is the AK's name.
+    pub ak_tpm_public: String,
+}
+
+/// A credential the verifier sealed to the EK for the AK's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationRequest {
+    /// TPM2B_ID_OBJECT contents, standard base64.
+    pub credential_blob: String,
+    /// TPM2B_ENCRYPTED_SECRET contents, standard base64.
+    pub encrypted_secret: String,
+}
+
+/// The secret the TPM recovered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationResponse {
+    /// The secret, standard base64.
+    pub secret: String,
 }

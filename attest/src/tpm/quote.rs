@@ -52,15 +52,26 @@ pub enum QuoteParseError {
     /// Not a quote.
     #[error("TPMS_ATTEST type is {0:#x}, not TPM_ST_ATTEST_QUOTE")]
     Type(u16),
+    /// A key type other than RSA.
+    #[error("TPMT_PUBLIC type is {0:#x}, not TPM_ALG_RSA")]
+    KeyType(u16),
+    /// A name algorithm other than sha256.
+    #[error("TPMT_PUBLIC nameAlg is {0:#x}, not sha256")]
+    NameAlg(u16),
     /// A signature scheme this verifier does not accept.
     #[error("signature algorithm {0:#x} is not RSASSA")]
     SignatureAlg(u16),
 }
 
-struct Reader<'a>(&'a [u8]);
+/// A big-endian cursor over untrusted TPM bytes.
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], QuoteParseError> {
+    pub(crate) fn take(
+        &mut self,
+        n: usize,
+        what: &'static str,
+    ) -> Result<&'a [u8], QuoteParseError> {
         if self.0.len() < n {
             return Err(QuoteParseError::Truncated(what));
         }
@@ -68,22 +79,22 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Ok(head)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, QuoteParseError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, QuoteParseError> {
         Ok(self.take(1, what)?[0])
     }
-    fn u16(&mut self, what: &'static str) -> Result<u16, QuoteParseError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, QuoteParseError> {
         let b = self.take(2, what)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, QuoteParseError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, QuoteParseError> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn sized(&mut self, what: &'static str) -> Result<&'a [u8], QuoteParseError> {
+    pub(crate) fn sized(&mut self, what: &'static str) -> Result<&'a [u8], QuoteParseError> {
         let n = self.u16(what)? as usize;
         self.take(n, what)
     }
-    fn end(self) -> Result<(), QuoteParseError> {
+    pub(crate) fn end(self) -> Result<(), QuoteParseError> {
         match self.0.len() {
             0 => Ok(()),
             n => Err(QuoteParseError::Trailing(n)),

@@ -40,11 +40,48 @@ pub fn free_port_pair() -> (u16, u16) {
 
 /// A fresh swtpm with sha256 and sha384 banks, powered on and started.
 pub fn swtpm() -> Swtpm {
+    start(None)
+}
+
+/// A fresh swtpm whose EK certificate is signed by the local CA in `ca_dir` (created
+/// there by swtpm_localca on first use, as `cvm run` does).
+pub fn swtpm_with_ek_cert(ca_dir: &std::path::Path) -> Swtpm {
+    start(Some(ca_dir))
+}
+
+/// The CA bundle a verifier trusts for EK certificates made with `ca_dir`.
+pub fn ca_bundle(ca_dir: &std::path::Path) -> Vec<u8> {
+    let mut pem = std::fs::read(ca_dir.join("issuercert.pem")).unwrap();
+    pem.extend(std::fs::read(ca_dir.join("swtpm-localca-rootca-cert.pem")).unwrap());
+    pem
+}
+
+fn start(ca_dir: Option<&std::path::Path>) -> Swtpm {
     let dir = tempfile::tempdir().unwrap();
-    let setup = Command::new("swtpm_setup")
+    let mut setup = Command::new("swtpm_setup");
+    setup
         .args(["--tpm2", "--tpmstate"])
         .arg(dir.path())
-        .args(["--pcr-banks", "sha256,sha384"])
+        .args(["--pcr-banks", "sha256,sha384"]);
+    if let Some(ca) = ca_dir {
+        let ca = ca.display();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("localca.conf"),
+            format!("statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("localca.options"), "").unwrap();
+        std::fs::write(
+            dir.path().join("setup.conf"),
+            format!("create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {d}/localca.conf\ncreate_certs_tool_options = {d}/localca.options\n"),
+        )
+        .unwrap();
+        setup
+            .args(["--create-ek-cert", "--config"])
+            .arg(dir.path().join("setup.conf"));
+    }
+    let setup = setup
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

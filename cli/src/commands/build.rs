@@ -16,10 +16,10 @@ pub struct BuildArgs {
     /// Output folder; replaced as a whole only when the build succeeds.
     #[arg(long, default_value = paths::DEFAULT_IMAGE_DIR)]
     pub out: PathBuf,
-    /// PID1 binary [default: cvm-init next to this cvm].
+    /// PID1 binary [default: cvm-init of the `guest` cargo profile, beside this cvm's folder].
     #[arg(long, value_name = "PATH")]
     pub init: Option<PathBuf>,
-    /// Agent binary [default: cvm-agent next to this cvm].
+    /// Agent binary [default: cvm-agent of the `guest` cargo profile, beside this cvm's folder].
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
     /// PID1 configuration file [default: the built-in image/files/init.json].
@@ -73,17 +73,25 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         .ok();
     let spec = ImageSpec {
         kernel,
-        init: args
-            .init
-            .unwrap_or_else(|| paths::sibling_binary("cvm-init")),
+        init: args.init.unwrap_or_else(|| paths::guest_binary("cvm-init")),
         agent: args
             .agent
-            .unwrap_or_else(|| paths::sibling_binary("cvm-agent")),
+            .unwrap_or_else(|| paths::guest_binary("cvm-agent")),
         init_config,
         cmdline: args.cmdline,
         source_date_epoch: epoch,
         firmware,
     };
+    for (what, path) in [("PID1", &spec.init), ("agent", &spec.agent)] {
+        if !path.is_file() {
+            anyhow::bail!(
+                "{what} binary {} not found: build the guest binaries first \
+                 (cargo build --profile guest -p cvm-init -p cvm-agent) or pass --{}",
+                path.display(),
+                if what == "PID1" { "init" } else { "agent" }
+            );
+        }
+    }
     let manifest = cvm_image::build(&spec, &args.out)?;
     if args.json {
         return super::print_json(&serde_json::json!({ "out": args.out, "manifest": manifest }));
