@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Default event log path, where PID1 writes it.
 pub const DEFAULT_EVENTLOG: &str = "/run/cvm/eventlog.json";
+/// The guest's TPM, through the kernel's resource manager.
+pub const DEFAULT_TPM: &str = "device:/dev/tpmrm0";
 
 /// Validated arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,13 +17,15 @@ pub struct AgentArgs {
     pub listen: SocketAddr,
     /// The runtime event log to serve.
     pub eventlog: PathBuf,
+    /// TCTI of the TPM that quotes (`--tpm`), or `off`.
+    pub tpm: Option<String>,
 }
 
 /// Arguments that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgsError {
     /// An argument the agent does not know.
-    #[error("unknown argument {0} (known: --listen ADDR, --eventlog PATH)")]
+    #[error("unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off)")]
     Unknown(String),
     /// A flag without its value.
     #[error("argument {0} needs a value")]
@@ -36,6 +40,7 @@ impl AgentArgs {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, ArgsError> {
         let mut listen = DEFAULT_LISTEN.to_owned();
         let mut eventlog = PathBuf::from(DEFAULT_EVENTLOG);
+        let mut tpm = Some(DEFAULT_TPM.to_owned());
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -46,11 +51,19 @@ impl AgentArgs {
                         .ok_or(ArgsError::MissingValue("--eventlog"))?
                         .into()
                 }
+                "--tpm" => {
+                    let v = it.next().ok_or(ArgsError::MissingValue("--tpm"))?;
+                    tpm = (v != "off").then_some(v);
+                }
                 _ => return Err(ArgsError::Unknown(arg)),
             }
         }
         let listen = listen.parse().map_err(|_| ArgsError::BadListen(listen))?;
-        Ok(AgentArgs { listen, eventlog })
+        Ok(AgentArgs {
+            listen,
+            eventlog,
+            tpm,
+        })
     }
 }
 
@@ -68,6 +81,8 @@ mod tests {
         let a = parse(&["--listen", "127.0.0.1:9", "--eventlog", "/x"]).unwrap();
         assert_eq!(a.listen.to_string(), "127.0.0.1:9");
         assert_eq!(a.eventlog, PathBuf::from("/x"));
+        assert_eq!(a.tpm.as_deref(), Some(DEFAULT_TPM));
+        assert_eq!(parse(&["--tpm", "off"]).unwrap().tpm, None);
     }
 
     #[test]

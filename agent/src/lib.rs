@@ -2,7 +2,8 @@
 //!
 //! Trust-chain place: measured by PID1 into the runtime event log before it starts; in
 //! the TCB. This issue's agent serves its health and the measured event log over HTTP on
-//! the guest network; attested TLS, workloads and enforcement arrive in later issues.
+//! the guest network, and evidence for verifiers (TPM quotes with the event logs, AK
+//! activation); attested TLS, workloads and enforcement arrive in later issues.
 //!
 //! Inputs: `--listen ADDR` and `--eventlog PATH` from PID1's configuration. Outputs: the
 //! HTTP API and a `cvm-agent: ready <addr>` console line once it accepts connections.
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod args;
+pub mod attestation;
 pub mod measurements;
 
 use std::path::PathBuf;
@@ -31,15 +33,23 @@ pub struct AgentState {
     pub eventlog: PathBuf,
     /// Root of sysfs, where TPM PCR values are read (`/sys` in the guest).
     pub sysfs: PathBuf,
+    /// Evidence for verifiers.
+    pub attestation: Arc<attestation::Attestation>,
 }
 
 /// Serve until SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
+    let sysfs = PathBuf::from("/sys");
     let state = Arc::new(AgentState {
+        attestation: Arc::new(attestation::Attestation::new(
+            args.tpm,
+            args.eventlog.clone(),
+            sysfs.clone(),
+        )),
         eventlog: args.eventlog,
-        sysfs: PathBuf::from("/sys"),
+        sysfs,
     });
     let mut term = signal(SignalKind::terminate())?;
     println!("{}{local}", cvm_proto::console::AGENT_READY);

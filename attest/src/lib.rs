@@ -16,6 +16,7 @@
 pub mod digest;
 pub mod eventlog;
 pub mod register;
+pub mod tcg;
 pub mod tpm;
 
 pub use digest::{Digests, HashAlg};

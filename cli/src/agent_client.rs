@@ -22,7 +22,7 @@ pub enum AgentClientError {
     #[error("agent address {0:?} is not HOST:PORT")]
     BadAddress(String),
     /// Connection or I/O failed.
-    #[error("request GET {path} to {addr} failed")]
+    #[error("request {path} to {addr} failed")]
     Io {
         /// The address.
         addr: String,
@@ -33,7 +33,7 @@ pub enum AgentClientError {
         source: std::io::Error,
     },
     /// The response is not HTTP or not the expected JSON.
-    #[error("agent at {addr} sent a malformed response to GET {path}: {reason}")]
+    #[error("agent at {addr} sent a malformed response to {path}: {reason}")]
     Malformed {
         /// The address.
         addr: String,
@@ -43,7 +43,7 @@ pub enum AgentClientError {
         reason: String,
     },
     /// The agent answered with an error.
-    #[error("agent at {addr} answered GET {path} with {status} {}: {}", body.kind, body.detail)]
+    #[error("agent at {addr} answered {path} with {status} {}: {}", body.kind, body.detail)]
     Status {
         /// The address.
         addr: String,
@@ -58,14 +58,38 @@ pub enum AgentClientError {
 
 /// `GET path` on `addr` and decode the JSON body.
 pub fn get_json<T: DeserializeOwned>(addr: &str, path: &str) -> Result<T, AgentClientError> {
+    request_json(addr, "GET", path, None)
+}
+
+/// `POST path` with a JSON body on `addr` and decode the JSON answer.
+pub fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+    addr: &str,
+    path: &str,
+    body: &B,
+) -> Result<T, AgentClientError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| AgentClientError::Malformed {
+        addr: addr.to_owned(),
+        path: format!("POST {path}"),
+        reason: format!("request body: {e}"),
+    })?;
+    request_json(addr, "POST", path, Some(&bytes))
+}
+
+fn request_json<T: DeserializeOwned>(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<T, AgentClientError> {
+    let what = format!("{method} {path}");
     let io = |source| AgentClientError::Io {
         addr: addr.to_owned(),
-        path: path.to_owned(),
+        path: what.clone(),
         source,
     };
     let malformed = |reason: String| AgentClientError::Malformed {
         addr: addr.to_owned(),
-        path: path.to_owned(),
+        path: what.clone(),
         reason,
     };
     let sock = addr
@@ -75,8 +99,18 @@ pub fn get_json<T: DeserializeOwned>(addr: &str, path: &str) -> Result<T, AgentC
         .ok_or_else(|| AgentClientError::BadAddress(addr.to_owned()))?;
     let mut stream = TcpStream::connect_timeout(&sock, TIMEOUT).map_err(io)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+    let body = body.unwrap_or_default();
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{content}Connection: close\r\n\r\n")
         .map_err(io)?;
+    stream.write_all(body).map_err(io)?;
     let mut raw = Vec::new();
     stream
         .take(MAX_BODY as u64 + 64 * 1024)
@@ -99,7 +133,7 @@ pub fn get_json<T: DeserializeOwned>(addr: &str, path: &str) -> Result<T, AgentC
             .map_err(|e| malformed(format!("status {status} without an error body: {e}")))?;
         return Err(AgentClientError::Status {
             addr: addr.to_owned(),
-            path: path.to_owned(),
+            path: what,
             status,
             body,
         });

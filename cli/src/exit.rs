@@ -26,8 +26,7 @@ pub enum ExitCode {
 }
 
 /// Help text listing the codes.
-pub const HELP: &str =
-    "Exit codes: 0 success, 1 host-side error, 2 guest failed, 4 verification failed.";
+pub const HELP: &str = "Exit codes: 0 success, 1 host-side error, 2 usage error, 3 guest failed, 4 verification failed.";
 
 impl ExitCode {
     /// The code for a top-level error.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod appraise;
 pub mod commands;
 pub mod exit;
 pub mod paths;
@@ -33,11 +34,14 @@ pub enum Command {
     Status(commands::status::StatusArgs),
     /// Show (and verify) a running guest's runtime event log.
     Eventlog(commands::eventlog::EventLogArgs),
+    /// Attest a running guest: bind its AK to its EK, verify a fresh quote and its
+    /// event logs, and check the PCRs against the image's reference values.
+    Attest(commands::attest::AttestArgs),
     /// Boot, show the healthy agent and its verified measurements, power off.
     Demo(commands::demo::DemoArgs),
     /// Fetch and verify the pinned SEV-SNP and TDX firmware; show its metadata.
     Firmware(commands::firmware::FirmwareArgs),
-    /// Compute reference values offline (SEV-SNP launch digest, TDX MRTD).
+    /// Compute reference values offline (vTPM PCRs, SEV-SNP launch digest, TDX MRTD).
     Measure(commands::measure::MeasureArgs),
 }
 
@@ -48,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Eventlog(a) => commands::eventlog::run(a),
+        Command::Attest(a) => commands::attest::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Firmware(a) => commands::firmware::run(a),
         Command::Measure(a) => commands::measure::run(a),

@@ -177,6 +177,66 @@ fn pad4(out: &mut Vec<u8>) {
     }
 }
 
+/// An archive that does not parse as newc.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CpioReadError {
+    /// The bytes end inside an entry.
+    #[error("initramfs archive truncated at byte {0}")]
+    Truncated(usize),
+    /// Not a newc header.
+    #[error("initramfs archive: no newc header at byte {0}")]
+    Magic(usize),
+    /// A header field is not hex or a name is not UTF-8.
+    #[error("initramfs archive: malformed header at byte {0}")]
+    Header(usize),
+}
+
+/// The regular files of a newc archive, by absolute path (later entries win, as when
+/// the kernel unpacks). Untrusted bytes: never panics.
+pub fn read_files(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, CpioReadError> {
+    let mut files = BTreeMap::new();
+    let mut at = 0usize;
+    let align = |n: usize| n.div_ceil(4) * 4;
+    loop {
+        let header = bytes
+            .get(at..at + 110)
+            .ok_or(CpioReadError::Truncated(at))?;
+        if &header[..6] != b"070701" {
+            return Err(CpioReadError::Magic(at));
+        }
+        let field = |i: usize| -> Result<usize, CpioReadError> {
+            let hex = std::str::from_utf8(&header[6 + i * 8..14 + i * 8])
+                .map_err(|_| CpioReadError::Header(at))?;
+            usize::from_str_radix(hex, 16).map_err(|_| CpioReadError::Header(at))
+        };
+        let mode = field(1)?;
+        let filesize = field(6)?;
+        let namesize = field(11)?;
+        let name_end = at
+            .checked_add(110 + namesize)
+            .ok_or(CpioReadError::Header(at))?;
+        let name = bytes
+            .get(at + 110..name_end)
+            .ok_or(CpioReadError::Truncated(at))?;
+        let name = name.strip_suffix(&[0]).ok_or(CpioReadError::Header(at))?;
+        let name = std::str::from_utf8(name).map_err(|_| CpioReadError::Header(at))?;
+        let data_start = align(name_end);
+        let data_end = data_start
+            .checked_add(filesize)
+            .ok_or(CpioReadError::Header(at))?;
+        let data = bytes
+            .get(data_start..data_end)
+            .ok_or(CpioReadError::Truncated(data_start))?;
+        if name == "TRAILER!!!" {
+            return Ok(files);
+        }
+        if mode as u32 & 0o170000 == S_IFREG {
+            files.insert(format!("/{}", name.trim_start_matches('/')), data.to_vec());
+        }
+        at = align(data_end);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +355,22 @@ mod tests {
             Err(CpioError::Conflict("/init".into()))
         );
         a.add("/usr", Entry::Dir { mode: 0o700 }).unwrap();
+    }
+
+    #[test]
+    fn reader_returns_the_files_the_writer_wrote() {
+        let a = sample();
+        let files = read_files(&a.to_bytes(7)).unwrap();
+        assert_eq!(
+            files.get("/usr/bin/x").map(Vec::as_slice),
+            Some(&b"hello"[..])
+        );
+        assert!(files.keys().all(|k| k.starts_with('/')));
+        // Truncated and foreign bytes are named, not panicked on.
+        let bytes = a.to_bytes(7);
+        for cut in [0, 5, 111, bytes.len() - 1] {
+            assert!(read_files(&bytes[..cut]).is_err());
+        }
+        assert_eq!(read_files(b"not a cpio archive at all, but long enough to hold a header....................................................."), Err(CpioReadError::Magic(0)));
     }
 }

@@ -40,6 +40,35 @@ pub const GUEST_INIT: &str = "/init";
 pub const GUEST_AGENT: &str = "/usr/bin/cvm-agent";
 /// Guest path of PID1's configuration.
 pub const GUEST_INIT_CONFIG: &str = "/etc/cvm/init.json";
+/// Largest initramfs `initramfs_files` unpacks (the image's is about 12 MB).
+pub const MAX_INITRAMFS: usize = 512 << 20;
+
+/// The regular files of a zstd-compressed newc initramfs, by absolute path.
+pub fn initramfs_files(
+    compressed: &[u8],
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, InitramfsError> {
+    use std::io::Read as _;
+    let mut cpio = Vec::new();
+    zstd::stream::read::Decoder::new(compressed)
+        .and_then(|d| d.take(MAX_INITRAMFS as u64 + 1).read_to_end(&mut cpio))
+        .map_err(|e| InitramfsError::Zstd(e.to_string()))?;
+    if cpio.len() > MAX_INITRAMFS {
+        return Err(InitramfsError::Zstd("too large".into()));
+    }
+    Ok(cpio::read_files(&cpio)?)
+}
+
+/// An initramfs that does not unpack.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InitramfsError {
+    /// Not zstd, or larger than [`MAX_INITRAMFS`] unpacked.
+    #[error("initramfs is not zstd data of at most {MAX_INITRAMFS} bytes: {0}")]
+    Zstd(String),
+    /// Not a newc archive.
+    #[error(transparent)]
+    Cpio(#[from] cpio::CpioReadError),
+}
+
 /// zstd level of the initramfs: high ratio, still fast to decompress.
 pub const ZSTD_LEVEL: i32 = 19;
 

@@ -46,3 +46,18 @@ pub struct ErrorBody {
     /// Human-readable detail.
     pub detail: String,
 }
+
+/// `GET /v1/attestation/evidence?nonce=HEX`: fresh evidence and the logs to replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationEvidence {
+    /// The evidence type, in Trustee's naming (`tpm`).
+    pub tee: String,
+    /// The quote, in Trustee's `tpm` evidence format.
+    pub evidence: cvm_attest::tpm::TpmEvidence,
+    /// The runtime event log, which replays to the runtime PCR.
+    pub runtime_log: EventLog,
+    /// The firmware's TCG PC Client event log (standard base64), when the firmware
+    /// measured the boot.
+    pub firmware_log: Option<String>,
+}

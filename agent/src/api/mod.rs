@@ -1,6 +1,7 @@
 //! HTTP front end: turns requests into calls on the agent's core and back into JSON.
 //! The core modules never see HTTP types.
 
+mod attestation;
 mod eventlog;
 mod healthz;
 
@@ -8,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use cvm_proto::agent::ErrorBody;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
@@ -32,7 +33,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) -> std::io::Re
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -44,14 +45,47 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) -> std::io::Re
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AgentState) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
+/// Largest request body accepted (an activation request is about 400 bytes).
+const MAX_REQUEST_BODY: usize = 64 << 10;
+
+async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => healthz::get(),
         (&Method::GET, "/v1/eventlog") => eventlog::get(state),
-        (_, "/healthz" | "/v1/eventlog") => error(
+        (&Method::GET, "/v1/attestation/identity") => {
+            attestation::identity(state.attestation.clone()).await
+        }
+        (&Method::GET, "/v1/attestation/evidence") => {
+            attestation::evidence(state.attestation.clone(), req.uri().query()).await
+        }
+        (&Method::POST, "/v1/attestation/activate") => {
+            match Limited::new(req.into_body(), MAX_REQUEST_BODY)
+                .collect()
+                .await
+            {
+                Ok(body) => {
+                    attestation::activate(state.attestation.clone(), &body.to_bytes()).await
+                }
+                Err(e) => error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BadRequest",
+                    format!("request body unreadable or over {MAX_REQUEST_BODY} bytes: {e}"),
+                ),
+            }
+        }
+        (
+            _,
+            "/healthz"
+            | "/v1/eventlog"
+            | "/v1/attestation/identity"
+            | "/v1/attestation/evidence"
+            | "/v1/attestation/activate",
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("{} is not allowed here", req.method()),
+            format!("{method} is not allowed here"),
         ),
         (_, path) => error(
             StatusCode::NOT_FOUND,

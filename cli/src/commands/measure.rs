@@ -4,12 +4,16 @@
 //! tool; without them it measures the image `cvm build` wrote, booted with the pinned
 //! `OVMF.amdsev.fd` as `cvm`'s SNP command line does (EPYC-v4, guest features 0x1).
 //!
+//! `--platform qemu`: the vTPM PCRs (4, 9 and 15, sha256) of the image booted by
+//! `cvm run` with `--memory` MiB: see `cvm_image::measure::qemu` for the model.
+//!
 //! `--platform tdx`: MRTD of the pinned `OVMF.inteltdx.ms.fd` (or `--ovmf`). RTMR0 depends
 //! on the VM shape and QEMU's ACPI tables and is captured from a golden boot instead.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use cvm_image::measure::qemu::{self, DirectBoot, QemuReference};
 use cvm_image::measure::snp::{CpuType, KernelInputs, SnpLaunch, VmmType, measure_snp};
 use cvm_image::measure::tdx::{PageOrder, measure_mrtd};
 use cvm_ovmf::pinned::{self, FetchOptions};
@@ -21,8 +25,11 @@ use crate::paths;
 #[derive(Debug, clap::Args)]
 pub struct MeasureArgs {
     /// Platform to compute reference values for.
-    #[arg(long, value_parser = ["snp", "tdx"])]
+    #[arg(long, value_parser = ["snp", "tdx", "qemu"])]
     pub platform: String,
+    /// qemu: guest memory in MiB (the initrd address, and so PCR 4, depends on it).
+    #[arg(long, default_value_t = cvm_image::measure::qemu::DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
     /// TDX: order of page adds and extends; `single` as upstream KVM, `two` for older stacks.
     #[arg(long, default_value = "single", value_parser = ["single", "two"])]
     pub page_order: String,
@@ -59,6 +66,28 @@ pub struct MeasureArgs {
     /// Print one JSON document instead of the bare hex digest.
     #[arg(long)]
     pub json: bool,
+}
+
+impl MeasureArgs {
+    /// The arguments of `cvm measure --platform qemu --image IMAGE --memory MIB`.
+    pub fn for_image(image: PathBuf, memory: u64) -> Self {
+        Self {
+            platform: "qemu".into(),
+            memory,
+            page_order: "single".into(),
+            vcpus: 2,
+            vcpu_type: CpuType::EpycV4,
+            guest_features: 0x1,
+            vmm_type: VmmType::Qemu,
+            ovmf: None,
+            kernel: None,
+            initrd: None,
+            append: None,
+            image,
+            debs: Vec::new(),
+            json: false,
+        }
+    }
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -121,6 +150,7 @@ fn firmware(
 pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
     match args.platform.as_str() {
         "tdx" => run_tdx(&args),
+        "qemu" => run_qemu(&args),
         _ => run_snp(args),
     }
 }
@@ -205,4 +235,59 @@ fn run_snp(args: MeasureArgs) -> anyhow::Result<()> {
         initrd,
         append,
     })
+}
+
+/// The boot inputs: explicit flags win; with none, the image folder.
+fn boot_inputs(args: &MeasureArgs) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>, String)> {
+    match &args.kernel {
+        Some(k) => Ok((
+            read("kernel", k)?,
+            args.initrd
+                .as_deref()
+                .map(|p| read("initrd", p))
+                .transpose()?,
+            args.append.clone().unwrap_or_default(),
+        )),
+        None => {
+            let m = super::read_manifest(&args.image)?;
+            super::verify_image(&args.image, &m)?;
+            let initrd = args
+                .initrd
+                .clone()
+                .unwrap_or_else(|| args.image.join(&m.initramfs.file));
+            Ok((
+                read("kernel", &args.image.join(&m.kernel.file))?,
+                Some(read("initrd", &initrd)?),
+                args.append.clone().unwrap_or(m.cmdline_text),
+            ))
+        }
+    }
+}
+
+/// The reference values of the image (or explicit inputs) on the `qemu` platform.
+pub fn qemu_reference(args: &MeasureArgs) -> anyhow::Result<QemuReference> {
+    let (kernel, initrd, cmdline) = boot_inputs(args)?;
+    // PCR 15 is predicted only for a cvm initramfs (one that holds PID1).
+    let files = initrd
+        .as_deref()
+        .and_then(|i| cvm_image::initramfs_files(i).ok())
+        .filter(|f| f.contains_key("/init"));
+    let boot = DirectBoot {
+        kernel: &kernel,
+        initrd: initrd.as_deref(),
+        cmdline: &cmdline,
+        memory_mib: args.memory,
+    };
+    Ok(qemu::reference(&boot, files.as_ref())?)
+}
+
+fn run_qemu(args: &MeasureArgs) -> anyhow::Result<()> {
+    let reference = qemu_reference(args)?;
+    if args.json {
+        return super::print_json(&reference);
+    }
+    for (pcr, value) in &reference.pcrs {
+        println!("pcr{pcr:<2} sha256 {value}");
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! One module per `cvm` subcommand.
 
+pub mod attest;
 pub mod build;
 pub mod demo;
 pub mod eventlog;

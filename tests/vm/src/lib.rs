@@ -37,6 +37,19 @@ pub fn target_dir() -> PathBuf {
         .to_owned()
 }
 
+/// A guest binary as `cvm build` takes it by default: `$CVM_GUEST_BIN/<name>`, else
+/// the `guest` cargo profile's folder beside the test's own.
+pub fn guest_bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CVM_GUEST_BIN") {
+        return PathBuf::from(dir).join(name);
+    }
+    target_dir()
+        .parent()
+        .expect("target root")
+        .join("guest")
+        .join(name)
+}
+
 /// The `cvm` binary under test.
 pub fn cvm_bin() -> PathBuf {
     std::env::var_os("CVM_BIN").map_or_else(|| target_dir().join("cvm"), PathBuf::from)

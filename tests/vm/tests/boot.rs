@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cvm_vm_tests::{Guest, cvm, enabled, image, json_ok, repo_root, target_dir};
+use cvm_vm_tests::{Guest, cvm, enabled, guest_bin, image, json_ok, repo_root};
 use sha2::{Digest as _, Sha256, Sha384};
 use std::fs;
 
@@ -52,10 +52,10 @@ fn boots_measures_serves_and_powers_off() {
         ]
     );
     let expected = [
-        fs::read(target_dir().join("cvm-init")).unwrap(),
+        fs::read(guest_bin("cvm-init")).unwrap(),
         fs::read(repo_root().join("image/files/init.json")).unwrap(),
         Vec::new(), // no cvm.* parameters on this boot
-        fs::read(target_dir().join("cvm-agent")).unwrap(),
+        fs::read(guest_bin("cvm-agent")).unwrap(),
     ];
     for (record, data) in records.iter().zip(&expected) {
         assert_eq!(record["pcr"], 15);

@@ -1,0 +1,97 @@
+//! `GET /v1/attestation/identity`, `POST /v1/attestation/activate`,
+//! `GET /v1/attestation/evidence?nonce=HEX`.
+
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode};
+use tracing::warn;
+
+use super::{Body, error, json};
+use crate::attestation::{Attestation, AttestationError};
+
+/// Run a TPM operation off the async threads (TPM commands block for milliseconds to
+/// seconds) and turn its result into a response.
+async fn blocking<T, F>(att: Arc<Attestation>, f: F) -> Response<Body>
+where
+    T: serde::Serialize + Send + 'static,
+    F: FnOnce(&Attestation) -> Result<T, AttestationError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(move || f(&att)).await {
+        Ok(Ok(v)) => json(StatusCode::OK, &v),
+        Ok(Err(e)) => failure(&e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("attestation task failed: {e}"),
+        ),
+    }
+}
+
+fn failure(e: &AttestationError) -> Response<Body> {
+    let detail = {
+        let mut s = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            s.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        s
+    };
+    let (status, kind) = match e {
+        AttestationError::NoTpm => (StatusCode::SERVICE_UNAVAILABLE, "NoTpm"),
+        AttestationError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+        AttestationError::Tpm(cvm_attest::tpm::attester::AttesterError::Nonce(_)) => {
+            (StatusCode::BAD_REQUEST, "BadRequest")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "AttestationFailed"),
+    };
+    warn!(error = %detail, "attestation request failed");
+    error(status, kind, detail)
+}
+
+/// `GET /v1/attestation/identity`.
+pub async fn identity(att: Arc<Attestation>) -> Response<Body> {
+    blocking(att, Attestation::identity).await
+}
+
+/// `POST /v1/attestation/activate`.
+pub async fn activate(att: Arc<Attestation>, body: &[u8]) -> Response<Body> {
+    let req = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("activation request is not the expected JSON: {e}"),
+            );
+        }
+    };
+    blocking(att, move |a| a.activate(&req)).await
+}
+
+/// `GET /v1/attestation/evidence?nonce=HEX`.
+pub async fn evidence(att: Arc<Attestation>, query: Option<&str>) -> Response<Body> {
+    let nonce = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("nonce="))
+        .map(hex::decode);
+    let nonce = match nonce {
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "nonce is not hex".into(),
+            );
+        }
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "query parameter nonce=HEX is required".into(),
+            );
+        }
+    };
+    blocking(att, move |a| a.evidence(&nonce)).await
+}

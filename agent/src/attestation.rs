@@ -1,0 +1,156 @@
+//! Evidence for a verifier (no HTTP here): the TPM attestation key, its activation,
+//! and quotes over all PCRs with the verifier's nonce, served together with the runtime
+//! event log and the firmware's TCG event log so the verifier can replay both.
+//!
+//! The AK is created on first use and kept for the agent's life: a verifier activates it
+//! once (binding it to the certified EK), then trusts quotes it signs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use cvm_attest::EventLog;
+use cvm_attest::tpm::attester::{AttesterError, TpmAttester};
+use cvm_attest::tpm::{ActivationRequest, ActivationResponse, AkIdentity};
+use cvm_proto::agent::AttestationEvidence;
+
+/// Where the kernel exposes the firmware's TCG event log.
+pub const FIRMWARE_LOG: &str = "kernel/security/tpm0/binary_bios_measurements";
+/// Largest firmware log served (OVMF's is a few KiB).
+const MAX_FIRMWARE_LOG: u64 = 1 << 20;
+
+/// Evidence could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestationError {
+    /// The agent runs without a TPM.
+    #[error("this guest has no TPM (agent started with --tpm off)")]
+    NoTpm,
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The TPM failed.
+    #[error(transparent)]
+    Tpm(#[from] AttesterError),
+    /// The runtime event log could not be read.
+    #[error("read the runtime event log {path} failed: {reason}")]
+    EventLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The firmware log is unreadable or too large.
+    #[error("read the firmware event log {path} failed: {reason}")]
+    FirmwareLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The TPM attester, created on first use.
+#[derive(Debug)]
+pub struct Attestation {
+    tcti: Option<String>,
+    eventlog: PathBuf,
+    sysfs: PathBuf,
+    attester: Mutex<Option<TpmAttester>>,
+}
+
+impl Attestation {
+    /// An attester for the TPM at `tcti` (`None`: no TPM).
+    pub fn new(tcti: Option<String>, eventlog: PathBuf, sysfs: PathBuf) -> Self {
+        Self {
+            tcti,
+            eventlog,
+            sysfs,
+            attester: Mutex::new(None),
+        }
+    }
+
+    fn with_attester<T>(
+        &self,
+        f: impl FnOnce(&TpmAttester) -> Result<T, AttesterError>,
+    ) -> Result<T, AttestationError> {
+        let tcti = self.tcti.as_deref().ok_or(AttestationError::NoTpm)?;
+        // A panic while holding the lock cannot leave the attester half-made: it is
+        // only ever replaced whole, so a poisoned lock's content is still usable.
+        let mut guard = self
+            .attester
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(TpmAttester::create(tcti)?);
+        }
+        match guard.as_ref() {
+            Some(a) => Ok(f(a)?),
+            None => Err(AttestationError::NoTpm),
+        }
+    }
+
+    /// The EK certificate and the AK's public parts.
+    pub fn identity(&self) -> Result<AkIdentity, AttestationError> {
+        self.with_attester(TpmAttester::identity)
+    }
+
+    /// Recover a secret the verifier sealed to the EK for the AK.
+    pub fn activate(
+        &self,
+        req: &ActivationRequest,
+    ) -> Result<ActivationResponse, AttestationError> {
+        let decode = |field: &str, v: &str| {
+            STANDARD
+                .decode(v)
+                .map_err(|_| AttestationError::BadRequest(format!("{field} is not base64")))
+        };
+        let blob = decode("credential_blob", &req.credential_blob)?;
+        let secret = decode("encrypted_secret", &req.encrypted_secret)?;
+        let out = self.with_attester(|a| a.activate(&blob, &secret))?;
+        Ok(ActivationResponse {
+            secret: STANDARD.encode(out),
+        })
+    }
+
+    /// A quote for `nonce`, with the runtime and firmware event logs.
+    pub fn evidence(&self, nonce: &[u8]) -> Result<AttestationEvidence, AttestationError> {
+        let evidence = self.with_attester(|a| a.quote(nonce))?;
+        let runtime_log = std::fs::read(&self.eventlog)
+            .map_err(|e| e.to_string())
+            .and_then(|b| EventLog::parse(&b).map_err(|e| e.to_string()))
+            .map_err(|reason| AttestationError::EventLog {
+                path: self.eventlog.clone(),
+                reason,
+            })?;
+        let firmware_log = read_firmware_log(&self.sysfs.join(FIRMWARE_LOG))?;
+        Ok(AttestationEvidence {
+            tee: "tpm".to_owned(),
+            evidence,
+            runtime_log,
+            firmware_log,
+        })
+    }
+}
+
+fn read_firmware_log(path: &Path) -> Result<Option<String>, AttestationError> {
+    use std::io::Read as _;
+    let fail = |reason: String| AttestationError::FirmwareLog {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        // No measured-boot firmware (e.g. direct boot without a TPM-aware firmware).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FIRMWARE_LOG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FIRMWARE_LOG {
+        return Err(fail(format!("larger than {MAX_FIRMWARE_LOG} bytes")));
+    }
+    Ok(Some(STANDARD.encode(bytes)))
+}

@@ -1,0 +1,196 @@
+//! `cvm attest`: attest a running guest over its agent API, as a relying party would.
+//!
+//! 1. Bind the guest's attestation key to its TPM: check the EK certificate against
+//!    the EK CA bundle (swtpm's local CA by default), seal a fresh secret to the EK for
+//!    the AK's name, and require the guest to recover it (credential activation).
+//! 2. Ask for evidence with a fresh 32-byte nonce: a quote over all sha256 PCRs, the
+//!    runtime event log and the firmware event log.
+//! 3. Appraise it (see `appraise`), against the image's reference values when
+//!    `--image` or `--reference` is given.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use cvm_attest::tpm::ekcert::EkCaBundle;
+use cvm_attest::tpm::verifier::{EkTrust, TrustedAk, challenge_ak};
+use cvm_attest::tpm::{ActivationResponse, AkIdentity};
+use cvm_image::measure::qemu::QemuReference;
+use cvm_proto::agent::AttestationEvidence;
+use serde::Serialize;
+
+use crate::agent_client;
+use crate::appraise::appraise;
+use crate::exit::VerificationFailed;
+use crate::paths;
+use crate::verify::Check;
+
+/// Arguments of `cvm attest`.
+#[derive(Debug, clap::Args)]
+pub struct AttestArgs {
+    /// The agent, HOST:PORT.
+    #[arg(long)]
+    pub to: String,
+    /// Check the PCRs against the reference values of this image folder.
+    #[arg(long, conflicts_with = "reference")]
+    pub image: Option<PathBuf>,
+    /// Check the PCRs against a reference document (`cvm measure --platform qemu --json`).
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<PathBuf>,
+    /// With --image: the guest's memory in MiB (PCR 4 depends on it).
+    #[arg(long, default_value_t = cvm_image::measure::qemu::DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
+    /// PEM bundle of CAs trusted to sign EK certificates [default: swtpm's local CA in
+    /// the cache, the CA `cvm run` provisions vTPMs with].
+    #[arg(long, value_name = "PEM")]
+    pub ek_ca: Option<PathBuf>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    ok: bool,
+    tee: String,
+    nonce: String,
+    ak_name: String,
+    pcrs: Vec<String>,
+    checks: Vec<Check>,
+}
+
+fn ek_trust(args: &AttestArgs) -> anyhow::Result<EkTrust> {
+    let pem = match &args.ek_ca {
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("read EK CA bundle {}", p.display()))?
+        }
+        None => {
+            let dir = paths::swtpm_ca_dir();
+            let mut pem = Vec::new();
+            for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
+                let path = dir.join(f);
+                pem.extend(std::fs::read(&path).with_context(|| {
+                    format!("read swtpm local CA {} (pass --ek-ca)", path.display())
+                })?);
+            }
+            pem
+        }
+    };
+    Ok(EkTrust::CaBundle(EkCaBundle::from_pem(&pem)?))
+}
+
+fn reference(args: &AttestArgs) -> anyhow::Result<Option<QemuReference>> {
+    if let Some(path) = &args.reference {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("read reference values {}", path.display()))?;
+        return Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("reference values {} are malformed", path.display())
+        })?));
+    }
+    let Some(image) = &args.image else {
+        return Ok(None);
+    };
+    let measure = super::measure::MeasureArgs::for_image(image.clone(), args.memory);
+    Ok(Some(super::measure::qemu_reference(&measure)?))
+}
+
+fn fresh_nonce() -> anyhow::Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut nonce = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .context("read a nonce from /dev/urandom")?;
+    Ok(nonce)
+}
+
+/// Bind the guest's AK to its certified EK. The outer error is a host or transport
+/// failure; the inner one is a verification failure, described.
+fn bind_ak(to: &str, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String>> {
+    let describe = |e: &dyn std::error::Error| {
+        let mut s = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            s.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        s
+    };
+    let identity: AkIdentity = agent_client::get_json(to, "/v1/attestation/identity")?;
+    let challenge = match challenge_ak(&identity, trust, SystemTime::now()) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(describe(&e))),
+    };
+    let answer: Result<ActivationResponse, _> =
+        agent_client::post_json(to, "/v1/attestation/activate", &challenge.request);
+    let answer = match answer {
+        Ok(a) => a,
+        // The guest's TPM refused the credential: not our EK or not its AK.
+        Err(e @ agent_client::AgentClientError::Status { .. }) => {
+            return Ok(Err(format!(
+                "credential activation failed: {}",
+                describe(&e)
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(challenge.finish(&answer).map_err(|e| describe(&e)))
+}
+
+/// Run `cvm attest`.
+pub fn run(args: AttestArgs) -> anyhow::Result<()> {
+    let trust = ek_trust(&args)?;
+    let reference = reference(&args)?;
+
+    let ak = match bind_ak(&args.to, &trust)? {
+        Ok(ak) => ak,
+        Err(detail) => {
+            let check = Check {
+                name: "attestation key".into(),
+                ok: false,
+                detail,
+            };
+            if args.json {
+                super::print_json(&serde_json::json!({ "ok": false, "checks": [check] }))?;
+            } else {
+                super::eventlog::print_checks(&[check]);
+            }
+            return Err(VerificationFailed.into());
+        }
+    };
+
+    let nonce = fresh_nonce()?;
+    let evidence: AttestationEvidence = agent_client::get_json(
+        &args.to,
+        &format!("/v1/attestation/evidence?nonce={}", hex::encode(nonce)),
+    )?;
+    let mut checks = vec![Check {
+        name: "attestation key".into(),
+        ok: true,
+        detail: "EK certificate chains to the EK CA; the TPM activated a credential for this AK"
+            .into(),
+    }];
+    checks.extend(appraise(&evidence, &nonce, &ak, reference.as_ref()));
+    let ok = checks.iter().all(|c| c.ok);
+    let report = Report {
+        ok,
+        tee: evidence.tee.clone(),
+        nonce: hex::encode(nonce),
+        ak_name: hex::encode(&ak.name),
+        pcrs: evidence.evidence.tpm_quote.pcrs.clone(),
+        checks,
+    };
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        println!("{} evidence from {}", report.tee, args.to);
+        super::eventlog::print_checks(&report.checks);
+        if reference.is_none() {
+            println!("  (no reference values: pass --image or --reference to check the PCRs)");
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(VerificationFailed.into())
+    }
+}

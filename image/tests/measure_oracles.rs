@@ -1,0 +1,135 @@
+//! Our PE and UKI measurements against the tools users already trust: `pesign -h` for
+//! the Authenticode hash (of the image's bzImage, unsigned and signed), and
+//! `systemd-measure calculate` for PCR 11. Both run on every `./scripts/test`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cvm_image::measure::authenticode::authenticode;
+use cvm_image::measure::uki::pcr11;
+use sha2::{Digest as _, Sha256};
+
+/// The image the test suite built (`./scripts/test` sets `CVM_TEST_IMAGE`).
+fn test_image() -> Option<PathBuf> {
+    let dir = std::env::var_os("CVM_TEST_IMAGE").map(PathBuf::from);
+    if dir.is_none() {
+        eprintln!("skipped: set CVM_TEST_IMAGE to an image folder (./scripts/test does)");
+    }
+    dir
+}
+
+fn pesign_hash(path: &Path) -> String {
+    let out = Command::new("pesign")
+        .args(["-h", "-i"])
+        .arg(path)
+        .output()
+        .expect("pesign (run ./scripts/setup)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim().strip_prefix("hash: ").unwrap().to_owned()
+}
+
+#[test]
+fn authenticode_matches_pesign_unsigned_and_signed() {
+    let Some(image) = test_image() else { return };
+    let kernel = image.join("bzImage");
+    let bytes = std::fs::read(&kernel).unwrap();
+    assert_eq!(
+        hex::encode(authenticode::<Sha256>(&bytes).unwrap()),
+        pesign_hash(&kernel)
+    );
+
+    // Signed with a throwaway key: the certificate table is left out of the hash.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert, signed) = (
+        dir.path().join("k.pem"),
+        dir.path().join("c.pem"),
+        dir.path().join("signed.efi"),
+    );
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let ok = Command::new("osslsigncode")
+        .args(["sign", "-certs"])
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .arg("-in")
+        .arg(&kernel)
+        .arg("-out")
+        .arg(&signed)
+        .output()
+        .expect("osslsigncode (run ./scripts/setup)");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let signed_bytes = std::fs::read(&signed).unwrap();
+    assert_ne!(signed_bytes, bytes);
+    assert_eq!(
+        hex::encode(authenticode::<Sha256>(&signed_bytes).unwrap()),
+        pesign_hash(&signed)
+    );
+}
+
+#[test]
+fn uki_pcr11_matches_systemd_measure() {
+    let Some(image) = test_image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let linux = std::fs::read(image.join("bzImage")).unwrap();
+    let initrd = std::fs::read(image.join("initramfs.cpio.zst")).unwrap();
+    let cmdline = std::fs::read(image.join("cmdline")).unwrap();
+    let osrel = b"ID=cvm\nVERSION_ID=1\n".to_vec();
+    let osrel_path = dir.path().join("os-release");
+    std::fs::write(&osrel_path, &osrel).unwrap();
+    let out = Command::new("/usr/lib/systemd/systemd-measure")
+        .arg("calculate")
+        .arg(format!("--linux={}", image.join("bzImage").display()))
+        .arg(format!(
+            "--initrd={}",
+            image.join("initramfs.cpio.zst").display()
+        ))
+        .arg(format!("--cmdline={}", image.join("cmdline").display()))
+        .arg(format!("--osrel={}", osrel_path.display()))
+        .args(["--bank=sha256", "--phase=enter-initrd"])
+        .output()
+        .expect("systemd-measure (systemd)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let theirs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("11:sha256="))
+        .unwrap()
+        .to_owned();
+    // systemd-measure models a systemd boot: after the sections, systemd-pcrphase
+    // extends the phase name. Our PID1 extends no phase, so ours stops before it.
+    let sections = pcr11(&[
+        (".linux", &linux),
+        (".osrel", &osrel),
+        (".cmdline", &cmdline),
+        (".initrd", &initrd),
+    ])
+    .unwrap();
+    let mut h = Sha256::new();
+    h.update(sections);
+    h.update(Sha256::digest(b"enter-initrd"));
+    assert_eq!(hex::encode(h.finalize()), theirs);
+}
