@@ -16,6 +16,8 @@
 pub mod digest;
 pub mod eventlog;
 pub mod register;
+#[cfg(feature = "verifier")]
+pub mod snp;
 pub mod tcg;
 pub mod tpm;
 
