@@ -102,7 +102,7 @@ fn policy_checks_name_what_differs() {
     let exact = exact_policy();
     check_report(&report, &exact).unwrap();
 
-    let mut debug = report.clone();
+    let mut debug = report;
     debug.policy.0 |= 1 << 19;
     assert!(matches!(
         check_report(&debug, &exact),
@@ -149,7 +149,7 @@ fn policy_checks_name_what_differs() {
 
     // The VCEK certifies the report's TCB and chip; another TCB or chip is refused.
     check_vcek_binding(VCEK_MILAN, &report).unwrap();
-    let mut tcb = report.clone();
+    let mut tcb = report;
     tcb.reported_tcb.microcode = tcb.reported_tcb.microcode.wrapping_add(1);
     assert!(matches!(
         check_vcek_binding(VCEK_MILAN, &tcb),
@@ -158,7 +158,7 @@ fn policy_checks_name_what_differs() {
             ..
         })
     ));
-    let mut chip = report.clone();
+    let mut chip = report;
     chip.chip_id[0] ^= 1;
     assert_eq!(
         check_vcek_binding(VCEK_MILAN, &chip),
