@@ -19,6 +19,7 @@ pub mod register;
 #[cfg(feature = "verifier")]
 pub mod snp;
 pub mod tcg;
+pub mod tdx;
 pub mod tpm;
 
 pub use digest::{Digests, HashAlg};

@@ -1,0 +1,152 @@
+//! Verifying a TD quote offline: `dcap-qvl` checks the quote's signature chain (PCK
+//! certificate to Intel's SGX root, the QE report, TCB info and QE identity signatures,
+//! CRLs) against supplied collateral and yields the TCB status; then the TD report's
+//! fields are checked against the policy: debug off, MRTD, RTMR0-3, MRCONFIGID and
+//! report data. Each failure names itself.
+
+use dcap_qvl::QuoteCollateralV3;
+
+/// What a TD report must show. `None` fields are not checked.
+#[derive(Debug, Clone)]
+pub struct TdxPolicy {
+    /// MRTD (`cvm measure --platform tdx`).
+    pub mrtd: Option<[u8; 48]>,
+    /// RTMR0..3.
+    pub rtmr: [Option<[u8; 48]>; 4],
+    /// MRCONFIGID (the init-data digest, for a KBS).
+    pub mr_config_id: Option<[u8; 48]>,
+    /// Report data the verifier bound the quote to.
+    pub report_data: Option<[u8; 64]>,
+    /// TCB statuses accepted (Intel's names: `UpToDate`, `SWHardeningNeeded`, …).
+    pub accepted_tcb_status: Vec<String>,
+}
+
+impl Default for TdxPolicy {
+    fn default() -> Self {
+        Self {
+            mrtd: None,
+            rtmr: [None; 4],
+            mr_config_id: None,
+            report_data: None,
+            accepted_tcb_status: vec!["UpToDate".into()],
+        }
+    }
+}
+
+/// A check of a TD quote that failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TdxVerifyError {
+    /// The quote's signatures, certificates or collateral do not verify.
+    #[error("TD quote does not verify: {0}")]
+    Quote(String),
+    /// A quote of an SGX enclave, not a TD.
+    #[error("quote is an SGX enclave quote, not a TD quote")]
+    NotTd,
+    /// The platform's TCB status is not accepted.
+    #[error(
+        "TDX TCB status {status} is not accepted (accepted: {accepted:?}; advisories: {advisories:?})"
+    )]
+    TcbStatus {
+        /// Intel's status.
+        status: String,
+        /// What the policy accepts.
+        accepted: Vec<String>,
+        /// Intel advisories that apply.
+        advisories: Vec<String>,
+    },
+    /// The TD may be debugged.
+    #[error("TD attributes allow debugging (TD_ATTRIBUTES {0})")]
+    Debug(String),
+    /// A measurement register differs.
+    #[error("{register} mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        /// MRTD, RTMR0..3, MRCONFIGID or REPORTDATA.
+        register: &'static str,
+        /// Hex, expected.
+        expected: String,
+        /// Hex, in the quote.
+        actual: String,
+    },
+}
+
+/// The measurement registers of a verified quote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedTd {
+    /// Intel's TCB status of the platform.
+    pub tcb_status: String,
+    /// MRTD.
+    pub mrtd: [u8; 48],
+    /// RTMR0..3.
+    pub rtmr: [[u8; 48]; 4],
+    /// MRCONFIGID.
+    pub mr_config_id: [u8; 48],
+    /// REPORTDATA.
+    pub report_data: [u8; 64],
+}
+
+/// Verify `quote` with `collateral` at time `now_secs` (seconds since the epoch).
+pub fn verify_tdx(
+    quote: &[u8],
+    collateral: &QuoteCollateralV3,
+    now_secs: u64,
+    policy: &TdxPolicy,
+) -> Result<VerifiedTd, TdxVerifyError> {
+    let verified = dcap_qvl::verify::verify(quote, collateral, now_secs)
+        .map_err(|e| TdxVerifyError::Quote(format!("{e:#}")))?;
+    let td = verified.report.as_td10().ok_or(TdxVerifyError::NotTd)?;
+    if !policy.accepted_tcb_status.contains(&verified.status) {
+        return Err(TdxVerifyError::TcbStatus {
+            status: verified.status,
+            accepted: policy.accepted_tcb_status.clone(),
+            advisories: verified.advisory_ids,
+        });
+    }
+    let v = VerifiedTd {
+        tcb_status: verified.status,
+        mrtd: td.mr_td,
+        rtmr: [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3],
+        mr_config_id: td.mr_config_id,
+        report_data: td.report_data,
+    };
+    check_td(&v, td.td_attributes, policy)?;
+    Ok(v)
+}
+
+/// The policy checks on the registers of a quote whose signature chain verified.
+pub fn check_td(
+    v: &VerifiedTd,
+    td_attributes: [u8; 8],
+    policy: &TdxPolicy,
+) -> Result<(), TdxVerifyError> {
+    // TD_ATTRIBUTES bit 0: DEBUG (the TD's state is visible to the host).
+    if td_attributes[0] & 1 != 0 {
+        return Err(TdxVerifyError::Debug(hex::encode(td_attributes)));
+    }
+    let mismatch = |register, expected: &[u8], actual: &[u8]| {
+        if expected == actual {
+            Ok(())
+        } else {
+            Err(TdxVerifyError::Mismatch {
+                register,
+                expected: hex::encode(expected),
+                actual: hex::encode(actual),
+            })
+        }
+    };
+    if let Some(e) = &policy.mrtd {
+        mismatch("MRTD", e, &v.mrtd)?;
+    }
+    const RTMR: [&str; 4] = ["RTMR0", "RTMR1", "RTMR2", "RTMR3"];
+    for (i, expected) in policy.rtmr.iter().enumerate() {
+        if let Some(e) = expected {
+            mismatch(RTMR[i], e, &v.rtmr[i])?;
+        }
+    }
+    if let Some(e) = &policy.mr_config_id {
+        mismatch("MRCONFIGID", e, &v.mr_config_id)?;
+    }
+    if let Some(e) = &policy.report_data {
+        mismatch("REPORTDATA", e, &v.report_data)?;
+    }
+    Ok(())
+}
