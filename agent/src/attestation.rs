@@ -1,6 +1,7 @@
 //! Evidence for a verifier (no HTTP here): the TPM attestation key, its activation,
 //! and quotes over all PCRs with the verifier's nonce, served together with the runtime
-//! event log and the firmware's TCG event log so the verifier can replay both.
+//! event log and the firmware's TCG event log so the verifier can replay both; and SNP
+//! reports or TD quotes over the verifier's report data, with the runtime event log.
 //!
 //! The AK is created on first use and kept for the agent's life: a verifier activates it
 //! once (binding it to the certified EK), then trusts quotes it signs.
@@ -11,6 +12,8 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_attest::EventLog;
+use cvm_attest::snp::attester::SnpAttesterError;
+use cvm_attest::tdx::attester::TdxAttesterError;
 use cvm_attest::tpm::attester::{AttesterError, TpmAttester};
 use cvm_attest::tpm::{ActivationRequest, ActivationResponse, AkIdentity};
 use cvm_proto::agent::AttestationEvidence;
@@ -32,6 +35,12 @@ pub enum AttestationError {
     /// The TPM failed.
     #[error(transparent)]
     Tpm(#[from] AttesterError),
+    /// No SNP here, or the SNP firmware failed.
+    #[error(transparent)]
+    Snp(#[from] SnpAttesterError),
+    /// No TDX here, or the quote failed.
+    #[error(transparent)]
+    Tdx(#[from] TdxAttesterError),
     /// The runtime event log could not be read.
     #[error("read the runtime event log {path} failed: {reason}")]
     EventLog {
@@ -113,9 +122,45 @@ impl Attestation {
         })
     }
 
-    /// A quote for `nonce`, with the runtime and firmware event logs.
-    pub fn evidence(&self, nonce: &[u8]) -> Result<AttestationEvidence, AttestationError> {
-        let evidence = self.with_attester(|a| a.quote(nonce))?;
+    /// Evidence of `tee` for `nonce`, with the runtime event log (and for a TPM quote,
+    /// the firmware's). For SNP and TDX the nonce (at most 64 bytes) is the report
+    /// data, zero-padded.
+    pub fn evidence(
+        &self,
+        tee: &str,
+        nonce: &[u8],
+    ) -> Result<AttestationEvidence, AttestationError> {
+        let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| AttestationError::BadRequest(format!("encode evidence: {e}")))
+        };
+        let (evidence, firmware_log) = match tee {
+            "tpm" => {
+                let quote = self.with_attester(|a| a.quote(nonce))?;
+                let log = read_firmware_log(&self.sysfs.join(FIRMWARE_LOG))?;
+                (to_json(serde_json::to_value(quote))?, log)
+            }
+            "snp" | "tdx" => {
+                if nonce.is_empty() || nonce.len() > 64 {
+                    return Err(AttestationError::BadRequest(format!(
+                        "report data must be 1 to 64 bytes, got {}",
+                        nonce.len()
+                    )));
+                }
+                let mut report_data = [0u8; 64];
+                report_data[..nonce.len()].copy_from_slice(nonce);
+                let value = if tee == "snp" {
+                    serde_json::to_value(cvm_attest::snp::attester::report(&report_data, None)?)
+                } else {
+                    serde_json::to_value(cvm_attest::tdx::attester::quote(&report_data)?)
+                };
+                (to_json(value)?, None)
+            }
+            other => {
+                return Err(AttestationError::BadRequest(format!(
+                    "unknown tee {other:?} (known: tpm, snp, tdx)"
+                )));
+            }
+        };
         let runtime_log = std::fs::read(&self.eventlog)
             .map_err(|e| e.to_string())
             .and_then(|b| EventLog::parse(&b).map_err(|e| e.to_string()))
@@ -123,9 +168,8 @@ impl Attestation {
                 path: self.eventlog.clone(),
                 reason,
             })?;
-        let firmware_log = read_firmware_log(&self.sysfs.join(FIRMWARE_LOG))?;
         Ok(AttestationEvidence {
-            tee: "tpm".to_owned(),
+            tee: tee.to_owned(),
             evidence,
             runtime_log,
             firmware_log,

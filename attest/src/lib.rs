@@ -16,11 +16,12 @@
 pub mod digest;
 pub mod eventlog;
 pub mod register;
-#[cfg(feature = "verifier")]
+#[cfg(any(feature = "snp", feature = "verifier"))]
 pub mod snp;
 pub mod tcg;
 pub mod tdx;
 pub mod tpm;
+pub mod tsm;
 
 pub use digest::{Digests, HashAlg};
 pub use eventlog::{EventContent, EventKind, EventLog, EventLogError, EventRecord};

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_attest::HashAlg;
 use cvm_attest::tcg::FirmwareLog;
+use cvm_attest::tpm::TpmEvidence;
 use cvm_attest::tpm::verifier::{TrustedAk, verify_quote};
 use cvm_image::measure::qemu::{PredictedEvent, QemuReference};
 use cvm_image::measure::runtime::RUNTIME_PCR;
@@ -34,7 +35,24 @@ pub fn appraise(
     reference: Option<&QemuReference>,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
-    let pcrs = match verify_quote(&ev.evidence, nonce, std::slice::from_ref(&ak.der)) {
+    if ev.tee != "tpm" {
+        checks.push(check(
+            "evidence",
+            Err(format!("expected tpm evidence, got {}", ev.tee)),
+        ));
+        return checks;
+    }
+    let quote: TpmEvidence = match serde_json::from_value(ev.evidence.clone()) {
+        Ok(q) => q,
+        Err(e) => {
+            checks.push(check(
+                "evidence",
+                Err(format!("tpm evidence is malformed: {e}")),
+            ));
+            return checks;
+        }
+    };
+    let pcrs = match verify_quote(&quote, nonce, std::slice::from_ref(&ak.der)) {
         Ok(q) => {
             checks.push(check(
                 "quote",

@@ -47,17 +47,18 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
-/// `GET /v1/attestation/evidence?nonce=HEX`: fresh evidence and the logs to replay.
+/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx]`: fresh evidence and the
+/// logs to replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationEvidence {
-    /// The evidence type, in Trustee's naming (`tpm`).
+    /// The evidence type, in Trustee's naming (`tpm`, `snp`, `tdx`).
     pub tee: String,
-    /// The quote, in Trustee's `tpm` evidence format.
-    pub evidence: cvm_attest::tpm::TpmEvidence,
+    /// The evidence, in Trustee's format for that type.
+    pub evidence: serde_json::Value,
     /// The runtime event log, which replays to the runtime PCR.
     pub runtime_log: EventLog,
     /// The firmware's TCG PC Client event log (standard base64), when the firmware
-    /// measured the boot.
+    /// measured the boot into the TPM (`tpm` evidence).
     pub firmware_log: Option<String>,
 }

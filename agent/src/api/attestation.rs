@@ -39,6 +39,10 @@ fn failure(e: &AttestationError) -> Response<Body> {
     };
     let (status, kind) = match e {
         AttestationError::NoTpm => (StatusCode::SERVICE_UNAVAILABLE, "NoTpm"),
+        AttestationError::Snp(cvm_attest::snp::attester::SnpAttesterError::NotSnp { .. })
+        | AttestationError::Tdx(cvm_attest::tdx::attester::TdxAttesterError::NotTdx(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "NoTee")
+        }
         AttestationError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
         AttestationError::Tpm(cvm_attest::tpm::attester::AttesterError::Nonce(_)) => {
             (StatusCode::BAD_REQUEST, "BadRequest")
@@ -69,13 +73,17 @@ pub async fn activate(att: Arc<Attestation>, body: &[u8]) -> Response<Body> {
     blocking(att, move |a| a.activate(&req)).await
 }
 
-/// `GET /v1/attestation/evidence?nonce=HEX`.
+/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx]` (default `tpm`).
 pub async fn evidence(att: Arc<Attestation>, query: Option<&str>) -> Response<Body> {
-    let nonce = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("nonce="))
-        .map(hex::decode);
+    let param = |name: &str| {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let tee = param("tee").unwrap_or_else(|| "tpm".to_owned());
+    let nonce = param("nonce").map(hex::decode);
     let nonce = match nonce {
         Some(Ok(n)) => n,
         Some(Err(_)) => {
@@ -93,5 +101,5 @@ pub async fn evidence(att: Arc<Attestation>, query: Option<&str>) -> Response<Bo
             );
         }
     };
-    blocking(att, move |a| a.evidence(&nonce)).await
+    blocking(att, move |a| a.evidence(&tee, &nonce)).await
 }

@@ -3,11 +3,12 @@
 //! evidence format (the `sev` crate's serde form of the report). Verification (feature
 //! `verifier`) is in [`verifier`].
 
+#[cfg(feature = "snp")]
+pub mod attester;
 #[cfg(feature = "verifier")]
 pub mod verifier;
 
 use serde::{Deserialize, Serialize};
-pub use sev::certs::snp::Certificate;
 pub use sev::firmware::guest::AttestationReport;
 pub use sev::firmware::host::{CertTableEntry, CertType};
 

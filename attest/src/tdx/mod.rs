@@ -3,6 +3,7 @@
 //! Trustee's `tdx` evidence format. Verification (feature `verifier`) is in
 //! [`verifier`].
 
+pub mod attester;
 #[cfg(feature = "verifier")]
 pub mod verifier;
 

@@ -176,7 +176,9 @@ pub fn run(args: AttestArgs) -> anyhow::Result<()> {
         tee: evidence.tee.clone(),
         nonce: hex::encode(nonce),
         ak_name: hex::encode(&ak.name),
-        pcrs: evidence.evidence.tpm_quote.pcrs.clone(),
+        pcrs: serde_json::from_value::<cvm_attest::tpm::TpmEvidence>(evidence.evidence.clone())
+            .map(|q| q.tpm_quote.pcrs)
+            .unwrap_or_default(),
         checks,
     };
     if args.json {

@@ -155,6 +155,41 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
         "{failed:?}"
     );
 
+    // This guest is no SEV-SNP or TDX guest: asking for such evidence fails closed,
+    // saying so, rather than answering with anything else.
+    for tee in ["snp", "tdx"] {
+        let (status, body) = http_get(
+            &guest.agent,
+            &format!("/v1/attestation/evidence?tee={tee}&nonce=00ff"),
+        );
+        assert_eq!(status, 503, "{body}");
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["type"], "NoTee", "{body}");
+        let detail = err["detail"].as_str().unwrap();
+        let expected = if tee == "snp" {
+            "not an SEV-SNP guest"
+        } else {
+            "not a TDX guest"
+        };
+        assert!(detail.starts_with(expected), "{detail}");
+    }
+
     let (code, _) = guest.shutdown();
     assert_eq!(code, 0);
+}
+
+/// A plain HTTP GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }
