@@ -4,7 +4,8 @@
 //! fields are checked against the policy: debug off, MRTD, RTMR0-3, MRCONFIGID and
 //! report data. Each failure names itself.
 
-use dcap_qvl::QuoteCollateralV3;
+pub use dcap_qvl::QuoteCollateralV3;
+pub use dcap_qvl::quote::Quote;
 
 /// What a TD report must show. `None` fields are not checked.
 #[derive(Debug, Clone)]
@@ -82,6 +83,11 @@ pub struct VerifiedTd {
     pub mr_config_id: [u8; 48],
     /// REPORTDATA.
     pub report_data: [u8; 64],
+}
+
+/// Parse a quote without verifying it (to show what it claims; never trust the result).
+pub fn parse_quote(bytes: &[u8]) -> Result<Quote, TdxVerifyError> {
+    Quote::parse(bytes).map_err(|e| TdxVerifyError::Quote(format!("{e:#}")))
 }
 
 /// Verify `quote` with `collateral` at time `now_secs` (seconds since the epoch).
