@@ -3,7 +3,9 @@
 #![cfg(feature = "verifier")]
 #![allow(clippy::unwrap_used)]
 
-use cvm_attest::tdx::verifier::{TdxPolicy, TdxVerifyError, VerifiedTd, check_td, verify_tdx};
+use cvm_attest::tdx::verifier::{
+    TdxPolicy, TdxVerifyError, VerifiedTd, check_td, collateral_next_update, verify_tdx,
+};
 use dcap_qvl::QuoteCollateralV3;
 
 const QUOTE: &[u8] = include_bytes!("data/tdx/tdx_quote");
@@ -16,22 +18,9 @@ fn collateral() -> QuoteCollateralV3 {
     serde_json::from_str(COLLATERAL).unwrap()
 }
 
-/// A time inside the collateral's validity (just before the TCB info's next update).
+/// A time inside the collateral's validity (a day before the TCB info's next update).
 fn now() -> u64 {
-    let tcb: serde_json::Value = serde_json::from_str(&collateral().tcb_info).unwrap();
-    let next = tcb["nextUpdate"].as_str().unwrap();
-    // "YYYY-MM-DDTHH:MM:SSZ" → seconds, without a date crate: days from civil.
-    let (y, m, d) = (
-        next[0..4].parse::<i64>().unwrap(),
-        next[5..7].parse::<i64>().unwrap(),
-        next[8..10].parse::<i64>().unwrap(),
-    );
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    (days * 86_400) as u64 - 86_400
+    collateral_next_update(&collateral()).unwrap() - 86_400
 }
 
 fn lenient() -> TdxPolicy {

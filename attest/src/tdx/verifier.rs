@@ -85,6 +85,24 @@ pub struct VerifiedTd {
     pub report_data: [u8; 64],
 }
 
+/// When the collateral's TCB info says Intel publishes the next one (seconds since
+/// the epoch): after that the collateral is stale and verification fails.
+pub fn collateral_next_update(collateral: &QuoteCollateralV3) -> Option<u64> {
+    let tcb: serde_json::Value = serde_json::from_str(&collateral.tcb_info).ok()?;
+    let t = tcb.get("nextUpdate")?.as_str()?;
+    // "YYYY-MM-DDTHH:MM:SSZ"
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from the civil date (proleptic Gregorian), as in H. Hinnant's algorithm.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// Parse a quote without verifying it (to show what it claims; never trust the result).
 pub fn parse_quote(bytes: &[u8]) -> Result<Quote, TdxVerifyError> {
     Quote::parse(bytes).map_err(|e| TdxVerifyError::Quote(format!("{e:#}")))
