@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_attest::EventLog;
+use cvm_attest::azure::attester::AzAttesterError;
 use cvm_attest::snp::attester::SnpAttesterError;
 use cvm_attest::tdx::attester::TdxAttesterError;
 use cvm_attest::tpm::attester::{AttesterError, TpmAttester};
@@ -41,6 +42,9 @@ pub enum AttestationError {
     /// No TDX here, or the quote failed.
     #[error(transparent)]
     Tdx(#[from] TdxAttesterError),
+    /// Not an Azure confidential VM, or its vTPM or IMDS failed.
+    #[error(transparent)]
+    Azure(#[from] AzAttesterError),
     /// The runtime event log could not be read.
     #[error("read the runtime event log {path} failed: {reason}")]
     EventLog {
@@ -155,9 +159,14 @@ impl Attestation {
                 };
                 (to_json(value)?, None)
             }
+            "az-snp-vtpm" => {
+                let tcti = self.tcti.as_deref().ok_or(AttestationError::NoTpm)?;
+                let ev = cvm_attest::azure::attester::evidence(tcti, nonce)?;
+                (to_json(serde_json::to_value(ev))?, None)
+            }
             other => {
                 return Err(AttestationError::BadRequest(format!(
-                    "unknown tee {other:?} (known: tpm, snp, tdx)"
+                    "unknown tee {other:?} (known: tpm, snp, tdx, az-snp-vtpm)"
                 )));
             }
         };

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod digest;
 pub mod eventlog;
 pub mod register;

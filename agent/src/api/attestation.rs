@@ -40,7 +40,8 @@ fn failure(e: &AttestationError) -> Response<Body> {
     let (status, kind) = match e {
         AttestationError::NoTpm => (StatusCode::SERVICE_UNAVAILABLE, "NoTpm"),
         AttestationError::Snp(cvm_attest::snp::attester::SnpAttesterError::NotSnp { .. })
-        | AttestationError::Tdx(cvm_attest::tdx::attester::TdxAttesterError::NotTdx(_)) => {
+        | AttestationError::Tdx(cvm_attest::tdx::attester::TdxAttesterError::NotTdx(_))
+        | AttestationError::Azure(cvm_attest::azure::attester::AzAttesterError::NotAzure(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, "NoTee")
         }
         AttestationError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),

@@ -12,7 +12,7 @@ use tss_esapi::Context;
 use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ak, ek};
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, SessionHandle};
+use tss_esapi::handles::{AuthHandle, KeyHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
 };
@@ -229,51 +229,78 @@ impl TpmAttester {
         ak_handle: KeyHandle,
         nonce: &[u8],
     ) -> Result<TpmEvidence, AttesterError> {
-        let selection = PcrSelectionListBuilder::new()
-            .with_selection(HashingAlgorithm::Sha256, &SLOTS)
-            .build()
-            .map_err(tpm("PCR selection"))?;
-        let qualifying = Data::try_from(nonce.to_vec()).map_err(tpm("nonce"))?;
-        let (attest, signature) = ctx
-            .execute_with_session(Some(AuthSession::Password), |c| {
-                c.quote(
-                    ak_handle,
-                    qualifying,
-                    SignatureScheme::Null,
-                    selection.clone(),
-                )
-            })
-            .map_err(tpm("Quote"))?;
-        let pcr_data = read_all(ctx, selection).map_err(tpm("PCR_Read"))?;
-        let bank = pcr_data
-            .pcr_bank(HashingAlgorithm::Sha256)
-            .ok_or(AttesterError::Pcrs(0))?;
-        let pcrs: Vec<String> = SLOTS
-            .iter()
-            .filter_map(|slot| bank.get_digest(*slot).map(|d| hex::encode(d.value())))
-            .collect();
-        if pcrs.len() != PCR_COUNT {
-            return Err(AttesterError::Pcrs(pcrs.len()));
-        }
+        let tpm_quote = quote_pcrs(ctx, ak_handle, nonce)?;
         let ek_cert =
             ek::retrieve_ek_pubcert(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048))
                 .ok()
                 .map(|der| STANDARD.encode(der));
         Ok(TpmEvidence {
             ak_public: STANDARD.encode(spki_der(self.ak_public.clone())?),
-            tpm_quote: TpmQuote {
-                message: STANDARD.encode(attest.marshall().map_err(tpm("marshal TPMS_ATTEST"))?),
-                signature: STANDARD.encode(
-                    signature
-                        .marshall()
-                        .map_err(tpm("marshal TPMT_SIGNATURE"))?,
-                ),
-                pcrs,
-            },
+            tpm_quote,
             ek_cert,
         })
     }
+}
 
+/// Quote all 24 sha256 PCRs with the loaded key `ak_handle`.
+fn quote_pcrs(
+    ctx: &mut Context,
+    ak_handle: KeyHandle,
+    nonce: &[u8],
+) -> Result<TpmQuote, AttesterError> {
+    let selection = PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &SLOTS)
+        .build()
+        .map_err(tpm("PCR selection"))?;
+    let qualifying = Data::try_from(nonce.to_vec()).map_err(tpm("nonce"))?;
+    let (attest, signature) = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.quote(
+                ak_handle,
+                qualifying,
+                SignatureScheme::Null,
+                selection.clone(),
+            )
+        })
+        .map_err(tpm("Quote"))?;
+    let pcr_data = read_all(ctx, selection).map_err(tpm("PCR_Read"))?;
+    let bank = pcr_data
+        .pcr_bank(HashingAlgorithm::Sha256)
+        .ok_or(AttesterError::Pcrs(0))?;
+    let pcrs: Vec<String> = SLOTS
+        .iter()
+        .filter_map(|slot| bank.get_digest(*slot).map(|d| hex::encode(d.value())))
+        .collect();
+    if pcrs.len() != PCR_COUNT {
+        return Err(AttesterError::Pcrs(pcrs.len()));
+    }
+    Ok(TpmQuote {
+        message: STANDARD.encode(attest.marshall().map_err(tpm("marshal TPMS_ATTEST"))?),
+        signature: STANDARD.encode(
+            signature
+                .marshall()
+                .map_err(tpm("marshal TPMT_SIGNATURE"))?,
+        ),
+        pcrs,
+    })
+}
+
+/// Quote all 24 sha256 PCRs with the persistent key at `handle` (a key the platform
+/// provisioned, such as Azure's HCL attestation key at 0x81000003).
+pub fn quote_persistent(tcti: &str, handle: u32, nonce: &[u8]) -> Result<TpmQuote, AttesterError> {
+    if nonce.is_empty() || nonce.len() > MAX_NONCE {
+        return Err(AttesterError::Nonce(nonce.len()));
+    }
+    let conf = TctiNameConf::from_str(tcti).map_err(tpm("TCTI configuration"))?;
+    let mut ctx = Context::new(conf).map_err(tpm("open"))?;
+    let persistent = PersistentTpmHandle::new(handle).map_err(tpm("persistent handle"))?;
+    let object = ctx
+        .tr_from_tpm_public(TpmHandle::Persistent(persistent))
+        .map_err(tpm("load persistent AK"))?;
+    quote_pcrs(&mut ctx, KeyHandle::from(object), nonce)
+}
+
+impl TpmAttester {
     fn open(&self) -> Result<Context, AttesterError> {
         Context::new(self.tcti.clone()).map_err(tpm("open"))
     }

@@ -157,7 +157,7 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
 
     // This guest is no SEV-SNP or TDX guest: asking for such evidence fails closed,
     // saying so, rather than answering with anything else.
-    for tee in ["snp", "tdx"] {
+    for tee in ["snp", "tdx", "az-snp-vtpm"] {
         let (status, body) = http_get(
             &guest.agent,
             &format!("/v1/attestation/evidence?tee={tee}&nonce=00ff"),
@@ -166,10 +166,10 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
         let err: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(err["type"], "NoTee", "{body}");
         let detail = err["detail"].as_str().unwrap();
-        let expected = if tee == "snp" {
-            "not an SEV-SNP guest"
-        } else {
-            "not a TDX guest"
+        let expected = match tee {
+            "snp" => "not an SEV-SNP guest",
+            "tdx" => "not a TDX guest",
+            _ => "not an Azure confidential VM",
         };
         assert!(detail.starts_with(expected), "{detail}");
     }

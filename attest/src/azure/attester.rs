@@ -1,0 +1,109 @@
+//! `az-snp-vtpm` evidence in an Azure confidential VM: the HCL report from the vTPM's
+//! NV index, a quote by the HCL's persistent AK over the verifier's nonce, and the VCEK
+//! from Azure's instance metadata service (IMDS).
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tss_esapi::Context;
+use tss_esapi::abstraction::nv;
+use tss_esapi::handles::NvIndexTpmHandle;
+use tss_esapi::interface_types::resource_handles::NvAuth;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::tcti_ldr::TctiNameConf;
+
+use super::{AK_HANDLE, AzSnpEvidence, AzTpmQuote, HCL_REPORT_NV_INDEX};
+use crate::tpm::attester::{AttesterError, quote_persistent};
+
+/// Azure's IMDS endpoint for the VM's VCEK (and chain).
+const IMDS: &str = "169.254.169.254:80";
+const VCEK_PATH: &str = "/metadata/THIM/amd/certification";
+
+/// Azure evidence could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum AzAttesterError {
+    /// The vTPM has no HCL report: this is not an Azure confidential VM.
+    #[error(
+        "not an Azure confidential VM: the vTPM has no HCL report at NV index {HCL_REPORT_NV_INDEX:#010x} ({0})"
+    )]
+    NotAzure(String),
+    /// The TPM failed.
+    #[error(transparent)]
+    Tpm(#[from] AttesterError),
+    /// IMDS did not give a VCEK.
+    #[error("fetch the VCEK from Azure IMDS failed: {0}")]
+    Imds(String),
+}
+
+/// Read the HCL report from the vTPM at `tcti`.
+pub fn hcl_report(tcti: &str) -> Result<Vec<u8>, AzAttesterError> {
+    let not_azure = |e: tss_esapi::Error| AzAttesterError::NotAzure(e.to_string());
+    let conf = TctiNameConf::from_str(tcti).map_err(not_azure)?;
+    let mut ctx = Context::new(conf).map_err(not_azure)?;
+    let index = NvIndexTpmHandle::new(HCL_REPORT_NV_INDEX).map_err(not_azure)?;
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        nv::read_full(c, NvAuth::Owner, index)
+    })
+    .map_err(not_azure)
+}
+
+/// The VCEK (DER) for this VM's chip and TCB, from IMDS (which serves it as PEM).
+pub fn vcek_from_imds() -> Result<Vec<u8>, AzAttesterError> {
+    let fail = |e: std::io::Error| AzAttesterError::Imds(e.to_string());
+    let addr = IMDS
+        .parse()
+        .map_err(|_| AzAttesterError::Imds("bad address".into()))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    write!(
+        s,
+        "GET {VCEK_PATH} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut raw = Vec::new();
+    s.take(1 << 20).read_to_end(&mut raw).map_err(fail)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| AzAttesterError::Imds("no HTTP response".into()))?;
+    let body: serde_json::Value = serde_json::from_slice(&raw[split + 4..])
+        .map_err(|e| AzAttesterError::Imds(format!("not JSON: {e}")))?;
+    let pem = body["vcekCert"]
+        .as_str()
+        .ok_or_else(|| AzAttesterError::Imds("no vcekCert in the answer".into()))?;
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| AzAttesterError::Imds("vcekCert is not PEM".into()))
+}
+
+/// The evidence for `nonce`.
+pub fn evidence(tcti: &str, nonce: &[u8]) -> Result<AzSnpEvidence, AzAttesterError> {
+    let hcl = hcl_report(tcti)?;
+    let q = quote_persistent(tcti, AK_HANDLE, nonce)?;
+    let hex_of = |b64: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(hex::encode)
+            .unwrap_or_default()
+    };
+    Ok(AzSnpEvidence {
+        version: 2,
+        tpm_quote: AzTpmQuote {
+            signature: hex_of(&q.signature),
+            message: hex_of(&q.message),
+            pcrs: q.pcrs,
+        },
+        hcl_report: URL_SAFE_NO_PAD.encode(hcl),
+        vcek: URL_SAFE_NO_PAD.encode(vcek_from_imds()?),
+    })
+}

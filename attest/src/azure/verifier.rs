@@ -1,0 +1,139 @@
+//! Verifying `az-snp-vtpm` evidence: the HCL report's SNP report is verified as any SNP
+//! report (VCEK to AMD's built-in roots, policy), its report data must be the hash of
+//! the HCL variable data, the attestation key is taken from that variable data, and
+//! the TPM quote must be signed by that key over the verifier's nonce.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rsa::pkcs8::EncodePublicKey as _;
+use rsa::{BigUint, RsaPublicKey};
+
+use super::{AzSnpEvidence, HardwareReport, HclError, parse_hcl_report};
+use crate::snp::verifier::{SnpPolicy, SnpVerifyError, VerifiedSnp, verify_snp};
+use crate::snp::{CertTableEntry, CertType, SnpEvidence, SnpParseError, parse_report};
+use crate::tpm::verifier::{TpmVerifyError, VerifiedQuote, verify_quote};
+use crate::tpm::{TpmEvidence, TpmQuote};
+
+/// A check of Azure SNP vTPM evidence that failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AzVerifyError {
+    /// A field is not base64.
+    #[error("evidence field {0} is not base64")]
+    Base64(&'static str),
+    /// The HCL report does not parse.
+    #[error(transparent)]
+    Hcl(#[from] HclError),
+    /// The HCL report carries a TD report, not an SNP report.
+    #[error("HCL report carries a TDX report; az-snp-vtpm evidence needs an SNP report")]
+    NotSnp,
+    /// The SNP report does not parse.
+    #[error(transparent)]
+    SnpParse(#[from] SnpParseError),
+    /// The SNP report does not verify.
+    #[error(transparent)]
+    Snp(#[from] SnpVerifyError),
+    /// The SNP report is not bound to this HCL variable data.
+    #[error(
+        "HCL binding mismatch: SNP report data is {actual}, the variable data hashes to {expected}"
+    )]
+    Binding {
+        /// Hex of the hash of the variable data.
+        expected: String,
+        /// Hex of the report data.
+        actual: String,
+    },
+    /// The AK in the variable data is not a usable RSA key.
+    #[error("HCL attestation key is not a valid RSA key")]
+    Ak,
+    /// The quote does not verify with the HCL's AK.
+    #[error(transparent)]
+    Quote(#[from] TpmVerifyError),
+}
+
+/// What verified evidence shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAzSnp {
+    /// The SNP report's verification.
+    pub snp: VerifiedSnp,
+    /// The quoted PCRs.
+    pub quote: VerifiedQuote,
+    /// The HCL variable data's `user-data`, when present.
+    pub user_data: Option<String>,
+}
+
+/// Verify `evidence` for `nonce`. `policy.report_data` is ignored: on Azure the report
+/// data is the HCL's, and freshness comes from the quote's nonce.
+pub fn verify_az_snp(
+    evidence: &AzSnpEvidence,
+    nonce: &[u8],
+    policy: &SnpPolicy,
+) -> Result<VerifiedAzSnp, AzVerifyError> {
+    let b64url = |field: &'static str, v: &str| {
+        URL_SAFE_NO_PAD
+            .decode(v.trim_end_matches('='))
+            .map_err(|_| AzVerifyError::Base64(field))
+    };
+    let hex_b64 = |field: &'static str, v: &str| {
+        hex::decode(v)
+            .map(|b| STANDARD.encode(b))
+            .map_err(|_| AzVerifyError::Base64(field))
+    };
+    let hcl_bytes = b64url("hcl_report", &evidence.hcl_report)?;
+    let vcek = b64url("vcek", &evidence.vcek)?;
+    let (snp, ak_der, user_data) = verify_hcl_snp(&hcl_bytes, &vcek, policy)?;
+    let tpm = TpmEvidence {
+        ak_public: STANDARD.encode(&ak_der),
+        tpm_quote: TpmQuote {
+            message: hex_b64("tpm_quote.message", &evidence.tpm_quote.message)?,
+            signature: hex_b64("tpm_quote.signature", &evidence.tpm_quote.signature)?,
+            pcrs: evidence.tpm_quote.pcrs.clone(),
+        },
+        ek_cert: None,
+    };
+    let quote = verify_quote(&tpm, nonce, &[ak_der])?;
+    Ok(VerifiedAzSnp {
+        snp,
+        quote,
+        user_data,
+    })
+}
+
+/// Verify an HCL report's SNP report and its binding to the variable data; return the
+/// verification, the AK (DER SubjectPublicKeyInfo) it vouches for, and the user data.
+pub fn verify_hcl_snp(
+    hcl_bytes: &[u8],
+    vcek_der: &[u8],
+    policy: &SnpPolicy,
+) -> Result<(VerifiedSnp, Vec<u8>, Option<String>), AzVerifyError> {
+    let hcl = parse_hcl_report(hcl_bytes)?;
+    if hcl.kind != HardwareReport::Snp {
+        return Err(AzVerifyError::NotSnp);
+    }
+    let snp = SnpEvidence {
+        attestation_report: parse_report(&hcl.hw_report)?,
+        cert_chain: Some(vec![CertTableEntry {
+            cert_type: CertType::VCEK,
+            data: vcek_der.to_vec(),
+        }]),
+    };
+    // The binding first: it needs no key, and a report over other data is refused
+    // before anything else is looked at.
+    let expected = hcl.expected_report_data();
+    if hcl.report_data() != expected {
+        return Err(AzVerifyError::Binding {
+            expected: hex::encode(expected),
+            actual: hex::encode(hcl.report_data()),
+        });
+    }
+    let (n, e) = hcl.ak_rsa()?;
+    let ak = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+        .map_err(|_| AzVerifyError::Ak)?;
+    let ak_der = ak
+        .to_public_key_der()
+        .map_err(|_| AzVerifyError::Ak)?
+        .into_vec();
+    let mut policy = policy.clone();
+    policy.report_data = None;
+    let verified_snp = verify_snp(&snp, &policy)?;
+    Ok((verified_snp, ak_der, hcl.user_data()))
+}

@@ -1,0 +1,105 @@
+//! Azure SEV-SNP vTPM evidence on real recorded HCL reports (from the `az-cvm-vtpm`
+//! crate's test data): the SNP report inside is bound to the HCL variable data, which
+//! yields the vTPM's AK; tampered twins fail. The VCEK shipped with those fixtures is a
+//! genuine Milan VCEK of *another* chip: it chains to AMD's root but did not sign this
+//! report, and the verifier says exactly that. (No matching VCEK is public; the SNP
+//! signature path itself is verified positively on the `sev` crate's Milan fixture.)
+#![cfg(feature = "verifier")]
+#![allow(clippy::unwrap_used)]
+
+use cvm_attest::azure::verifier::{AzVerifyError, verify_hcl_snp};
+use cvm_attest::azure::{HardwareReport, HclError, parse_hcl_report};
+use cvm_attest::snp::verifier::{SnpPolicy, SnpVerifyError};
+
+const HCL_SNP: &[u8] = include_bytes!("data/azure/hcl-report-snp.bin");
+const HCL_TDX: &[u8] = include_bytes!("data/azure/hcl-report-tdx.bin");
+const CERTS: &str = include_str!("data/azure/certs.pem");
+
+/// The certificates of the bundle as DER: VCEK, ASK, ARK.
+fn certs() -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    CERTS
+        .split("-----END CERTIFICATE-----")
+        .filter(|c| c.contains("BEGIN"))
+        .map(|c| {
+            let b64: String = c.lines().filter(|l| !l.starts_with("-----")).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .unwrap()
+        })
+        .collect()
+}
+
+fn vcek() -> Vec<u8> {
+    certs()[0].clone()
+}
+
+fn azure_policy() -> SnpPolicy {
+    SnpPolicy {
+        vmpl: Some(0),
+        ..SnpPolicy::default()
+    }
+}
+
+#[test]
+fn genuine_hcl_reports_parse_and_bind() {
+    for (bytes, kind) in [
+        (HCL_SNP, HardwareReport::Snp),
+        (HCL_TDX, HardwareReport::Tdx),
+    ] {
+        let hcl = parse_hcl_report(bytes).unwrap();
+        assert_eq!(hcl.kind, kind);
+        assert_eq!(hcl.report_data(), hcl.expected_report_data());
+        let (n, e) = hcl.ak_rsa().unwrap();
+        assert_eq!((n.len(), e), (256, vec![1, 0, 1]));
+    }
+}
+
+#[test]
+fn a_vcek_of_another_chip_chains_but_did_not_sign() {
+    // Binding and AK extraction pass; the chain to the Milan root passes; the signature
+    // is refused.
+    assert_eq!(
+        verify_hcl_snp(HCL_SNP, &vcek(), &azure_policy()).unwrap_err(),
+        AzVerifyError::Snp(SnpVerifyError::Signature("VCEK"))
+    );
+}
+
+#[test]
+fn tampered_twins_are_rejected() {
+    let policy = azure_policy();
+    // One flipped byte in the variable data (the AK's JSON): the binding breaks.
+    let mut var = HCL_SNP.to_vec();
+    let at = 1236 + 40;
+    var[at] ^= 1;
+    let err = verify_hcl_snp(&var, &vcek(), &policy).unwrap_err();
+    assert!(
+        matches!(err, AzVerifyError::Binding { .. } | AzVerifyError::Hcl(_)),
+        "{err}"
+    );
+    // One flipped byte in the signed SNP report (its measurement, 0x90 into it).
+    let mut report = HCL_SNP.to_vec();
+    report[32 + 0x90] ^= 1;
+    assert_eq!(
+        verify_hcl_snp(&report, &vcek(), &policy).unwrap_err(),
+        AzVerifyError::Snp(SnpVerifyError::Signature("VCEK"))
+    );
+    // The wrong certificate as the VCEK (the bundle's ASK: it did not sign the report).
+    assert!(verify_hcl_snp(HCL_SNP, &certs()[1], &policy).is_err());
+    // A TDX HCL report is not az-snp-vtpm evidence.
+    assert_eq!(
+        verify_hcl_snp(HCL_TDX, &vcek(), &policy).unwrap_err(),
+        AzVerifyError::NotSnp
+    );
+    // Truncated, and not an HCL report at all.
+    assert!(matches!(
+        parse_hcl_report(&HCL_SNP[..1000]),
+        Err(HclError::Truncated(_))
+    ));
+    let mut sig = HCL_SNP.to_vec();
+    sig[0] ^= 1;
+    assert!(matches!(
+        parse_hcl_report(&sig),
+        Err(HclError::Signature(_))
+    ));
+}
