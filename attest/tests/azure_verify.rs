@@ -7,13 +7,22 @@
 #![cfg(feature = "verifier")]
 #![allow(clippy::unwrap_used)]
 
-use cvm_attest::azure::verifier::{AzVerifyError, verify_hcl_snp};
-use cvm_attest::azure::{HardwareReport, HclError, parse_hcl_report};
+use cvm_attest::azure::verifier::{AzVerifyError, verify_az_snp, verify_hcl_snp};
+use cvm_attest::azure::{AzSnpEvidence, HardwareReport, HclError, parse_hcl_report};
 use cvm_attest::snp::verifier::{SnpPolicy, SnpVerifyError};
+use cvm_attest::tpm::verifier::TpmVerifyError;
 
 const HCL_SNP: &[u8] = include_bytes!("data/azure/hcl-report-snp.bin");
 const HCL_TDX: &[u8] = include_bytes!("data/azure/hcl-report-tdx.bin");
 const CERTS: &str = include_str!("data/azure/certs.pem");
+/// Complete az-snp-vtpm evidence (version 2) recorded on Azure, from Trustee's test data.
+const EVIDENCE_V2: &str = include_str!("data/azure/evidence-v2.json");
+/// The nonce that evidence was made for (its HCL user-data; the quote's qualifying data).
+const EVIDENCE_V2_NONCE: &str = "982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef";
+
+fn evidence_v2() -> AzSnpEvidence {
+    serde_json::from_str(EVIDENCE_V2).unwrap()
+}
 
 /// The certificates of the bundle as DER: VCEK, ASK, ARK.
 fn certs() -> Vec<Vec<u8>> {
@@ -102,4 +111,57 @@ fn tampered_twins_are_rejected() {
         parse_hcl_report(&sig),
         Err(HclError::Signature(_))
     ));
+}
+
+#[test]
+fn genuine_azure_evidence_verifies_end_to_end() {
+    let nonce = hex::decode(EVIDENCE_V2_NONCE).unwrap();
+    let v = verify_az_snp(&evidence_v2(), &nonce, &azure_policy()).unwrap();
+    assert_eq!((v.snp.generation, v.snp.key), ("Milan", "VCEK"));
+    assert_eq!(v.quote.pcrs.len(), 24);
+    assert!(
+        v.user_data
+            .unwrap()
+            .to_lowercase()
+            .starts_with(EVIDENCE_V2_NONCE)
+    );
+}
+
+#[test]
+fn azure_evidence_twins_are_rejected() {
+    let nonce = hex::decode(EVIDENCE_V2_NONCE).unwrap();
+    let policy = azure_policy();
+    // Another nonce: the quote is a replay.
+    assert!(matches!(
+        verify_az_snp(&evidence_v2(), b"another nonce", &policy),
+        Err(AzVerifyError::Quote(TpmVerifyError::NonceMismatch { .. }))
+    ));
+    // One flipped byte in the quote signature.
+    let mut sig = evidence_v2();
+    let mut bytes = hex::decode(&sig.tpm_quote.signature).unwrap();
+    bytes[7] ^= 1;
+    sig.tpm_quote.signature = hex::encode(bytes);
+    assert_eq!(
+        verify_az_snp(&sig, &nonce, &policy).unwrap_err(),
+        AzVerifyError::Quote(TpmVerifyError::Signature)
+    );
+    // A PCR changed after the quote.
+    let mut pcr = evidence_v2();
+    pcr.tpm_quote.pcrs[4] = "00".repeat(32);
+    assert!(matches!(
+        verify_az_snp(&pcr, &nonce, &policy),
+        Err(AzVerifyError::Quote(
+            TpmVerifyError::PcrDigestMismatch { .. }
+        ))
+    ));
+    // The VCEK of another chip (the az-cvm-vtpm fixture's).
+    let mut vcek = evidence_v2();
+    vcek.vcek = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(certs()[0].clone())
+    };
+    assert_eq!(
+        verify_az_snp(&vcek, &nonce, &policy).unwrap_err(),
+        AzVerifyError::Snp(SnpVerifyError::Signature("VCEK"))
+    );
 }

@@ -11,12 +11,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tss_esapi::Context;
 use tss_esapi::abstraction::nv;
-use tss_esapi::handles::NvIndexTpmHandle;
-use tss_esapi::interface_types::resource_handles::NvAuth;
+use tss_esapi::attributes::NvIndexAttributesBuilder;
+use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
 use tss_esapi::tcti_ldr::TctiNameConf;
 
-use super::{AK_HANDLE, AzSnpEvidence, AzTpmQuote, HCL_REPORT_NV_INDEX};
+use super::{AK_HANDLE, AzSnpEvidence, AzTpmQuote, HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX};
 use crate::tpm::attester::{AttesterError, quote_persistent};
 
 /// Azure's IMDS endpoint for the VM's VCEK (and chain).
@@ -39,16 +42,57 @@ pub enum AzAttesterError {
     Imds(String),
 }
 
-/// Read the HCL report from the vTPM at `tcti`.
-pub fn hcl_report(tcti: &str) -> Result<Vec<u8>, AzAttesterError> {
+/// Read the HCL report from the vTPM at `tcti`, after writing `report_data` (the
+/// verifier's nonce, zero-padded) to NV 0x01400002 so the paravisor refreshes the
+/// report with it as `user-data`.
+pub fn hcl_report(tcti: &str, report_data: &[u8; 64]) -> Result<Vec<u8>, AzAttesterError> {
     let not_azure = |e: tss_esapi::Error| AzAttesterError::NotAzure(e.to_string());
     let conf = TctiNameConf::from_str(tcti).map_err(not_azure)?;
     let mut ctx = Context::new(conf).map_err(not_azure)?;
     let index = NvIndexTpmHandle::new(HCL_REPORT_NV_INDEX).map_err(not_azure)?;
+    // The report index must exist before anything is written: on a vTPM without it
+    // (not Azure) nothing is changed.
+    ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(index)))
+        .map_err(not_azure)?;
+    write_report_data(&mut ctx, report_data)?;
     ctx.execute_with_session(Some(AuthSession::Password), |c| {
         nv::read_full(c, NvAuth::Owner, index)
     })
     .map_err(not_azure)
+}
+
+/// Write the report data to NV 0x01400002, defining the index (64 bytes, owner
+/// read/write) when the platform has not.
+fn write_report_data(ctx: &mut Context, data: &[u8; 64]) -> Result<(), AttesterError> {
+    let tpm = |step: &'static str| move |source| AttesterError::Tpm { step, source };
+    let index = NvIndexTpmHandle::new(REPORT_DATA_NV_INDEX).map_err(tpm("NV index"))?;
+    let handle =
+        match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(index))) {
+            Ok(h) => NvIndexHandle::from(h),
+            Err(_) => {
+                let attributes = NvIndexAttributesBuilder::new()
+                    .with_owner_write(true)
+                    .with_owner_read(true)
+                    .build()
+                    .map_err(tpm("NV attributes"))?;
+                let public = NvPublicBuilder::new()
+                    .with_nv_index(index)
+                    .with_index_name_algorithm(HashingAlgorithm::Sha256)
+                    .with_index_attributes(attributes)
+                    .with_data_area_size(64)
+                    .build()
+                    .map_err(tpm("NV public"))?;
+                ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                    c.nv_define_space(Provision::Owner, None, public)
+                })
+                .map_err(tpm("NV_DefineSpace 0x01400002"))?
+            }
+        };
+    let buffer = MaxNvBuffer::try_from(data.to_vec()).map_err(tpm("NV buffer"))?;
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.nv_write(NvAuth::Owner, handle, buffer, 0)
+    })
+    .map_err(tpm("NV_Write 0x01400002"))
 }
 
 /// The VCEK (DER) for this VM's chip and TCB, from IMDS (which serves it as PEM).
@@ -88,7 +132,10 @@ pub fn vcek_from_imds() -> Result<Vec<u8>, AzAttesterError> {
 
 /// The evidence for `nonce`.
 pub fn evidence(tcti: &str, nonce: &[u8]) -> Result<AzSnpEvidence, AzAttesterError> {
-    let hcl = hcl_report(tcti)?;
+    let mut report_data = [0u8; 64];
+    let n = nonce.len().min(64);
+    report_data[..n].copy_from_slice(&nonce[..n]);
+    let hcl = hcl_report(tcti, &report_data)?;
     let q = quote_persistent(tcti, AK_HANDLE, nonce)?;
     let hex_of = |b64: &str| {
         base64::engine::general_purpose::STANDARD
@@ -99,7 +146,12 @@ pub fn evidence(tcti: &str, nonce: &[u8]) -> Result<AzSnpEvidence, AzAttesterErr
     Ok(AzSnpEvidence {
         version: 2,
         tpm_quote: AzTpmQuote {
-            signature: hex_of(&q.signature),
+            // TPMT_SIGNATURE = sigAlg (2) ‖ hash (2) ‖ size (2) ‖ signature: Azure's form
+            // carries only the signature.
+            signature: hex_of(&q.signature)
+                .get(12..)
+                .unwrap_or_default()
+                .to_owned(),
             message: hex_of(&q.message),
             pcrs: q.pcrs,
         },

@@ -15,6 +15,8 @@ use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
 /// NV index where the HCL publishes its report.
 pub const HCL_REPORT_NV_INDEX: u32 = 0x0140_0001;
+/// NV index the guest writes its report data to before reading the HCL report.
+pub const REPORT_DATA_NV_INDEX: u32 = 0x0140_0002;
 /// Persistent handle of the vTPM attestation key the HCL vouches for.
 pub const AK_HANDLE: u32 = 0x8100_0003;
 
@@ -34,7 +36,7 @@ pub struct AzSnpEvidence {
 /// The quote as Trustee's Azure verifiers carry it: hex fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzTpmQuote {
-    /// Hex of the TPMT_SIGNATURE.
+    /// Hex of the bare RSASSA signature (the TPMT_SIGNATURE's signature bytes).
     pub signature: String,
     /// Hex of the TPMS_ATTEST.
     pub message: String,

@@ -48,6 +48,14 @@ pub enum AzVerifyError {
     /// The quote does not verify with the HCL's AK.
     #[error(transparent)]
     Quote(#[from] TpmVerifyError),
+    /// The HCL report was not refreshed for this nonce.
+    #[error("HCL user-data mismatch: expected the nonce {expected}, got {actual}")]
+    UserData {
+        /// Hex of the nonce, zero-padded to 64 bytes.
+        expected: String,
+        /// The report's user-data.
+        actual: String,
+    },
 }
 
 /// What verified evidence shows.
@@ -73,7 +81,7 @@ pub fn verify_az_snp(
             .decode(v.trim_end_matches('='))
             .map_err(|_| AzVerifyError::Base64(field))
     };
-    let hex_b64 = |field: &'static str, v: &str| {
+    let hex_b64 = |field: &'static str, v: &str| -> Result<String, AzVerifyError> {
         hex::decode(v)
             .map(|b| STANDARD.encode(b))
             .map_err(|_| AzVerifyError::Base64(field))
@@ -85,12 +93,27 @@ pub fn verify_az_snp(
         ak_public: STANDARD.encode(&ak_der),
         tpm_quote: TpmQuote {
             message: hex_b64("tpm_quote.message", &evidence.tpm_quote.message)?,
-            signature: hex_b64("tpm_quote.signature", &evidence.tpm_quote.signature)?,
+            signature: raw_rsassa_to_tpmt(&evidence.tpm_quote.signature)
+                .ok_or(AzVerifyError::Base64("tpm_quote.signature"))?,
             pcrs: evidence.tpm_quote.pcrs.clone(),
         },
         ek_cert: None,
     };
     let quote = verify_quote(&tpm, nonce, &[ak_der])?;
+    // The guest writes the nonce to NV 0x01400002 before reading the HCL report, so the
+    // report itself is fresh too (Trustee checks the same).
+    if let Some(actual) = &user_data {
+        let mut padded = [0u8; 64];
+        let n = nonce.len().min(64);
+        padded[..n].copy_from_slice(&nonce[..n]);
+        let expected = hex::encode(padded);
+        if !actual.eq_ignore_ascii_case(&expected) {
+            return Err(AzVerifyError::UserData {
+                expected,
+                actual: actual.clone(),
+            });
+        }
+    }
     Ok(VerifiedAzSnp {
         snp,
         quote,
@@ -136,4 +159,17 @@ pub fn verify_hcl_snp(
     policy.report_data = None;
     let verified_snp = verify_snp(&snp, &policy)?;
     Ok((verified_snp, ak_der, hcl.user_data()))
+}
+
+/// Azure carries the quote's bare RSA signature; wrap it as the TPMT_SIGNATURE
+/// (RSASSA, sha256) the AK made, standard base64.
+fn raw_rsassa_to_tpmt(hex_sig: &str) -> Option<String> {
+    let raw = hex::decode(hex_sig).ok()?;
+    let len = u16::try_from(raw.len()).ok()?;
+    let mut tpmt = Vec::with_capacity(raw.len() + 6);
+    tpmt.extend_from_slice(&crate::tpm::quote::ALG_RSASSA.to_be_bytes());
+    tpmt.extend_from_slice(&crate::tpm::quote::ALG_SHA256.to_be_bytes());
+    tpmt.extend_from_slice(&len.to_be_bytes());
+    tpmt.extend_from_slice(&raw);
+    Some(STANDARD.encode(tpmt))
 }
