@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use cvm_image::measure::qemu::{self, DirectBoot, QemuReference};
+use cvm_image::measure::rvps;
 use cvm_image::measure::snp::{CpuType, KernelInputs, SnpLaunch, VmmType, measure_snp};
 use cvm_image::measure::tdx::{PageOrder, measure_mrtd};
 use cvm_ovmf::pinned::{self, FetchOptions};
@@ -66,6 +67,10 @@ pub struct MeasureArgs {
     /// Print one JSON document instead of the bare hex digest.
     #[arg(long)]
     pub json: bool,
+    /// Print the reference values as a Trustee RVPS registration message (`sample`
+    /// provenance) instead.
+    #[arg(long, conflicts_with = "json")]
+    pub rvps: bool,
 }
 
 impl MeasureArgs {
@@ -86,6 +91,7 @@ impl MeasureArgs {
             image,
             debs: Vec::new(),
             json: false,
+            rvps: false,
         }
     }
 }
@@ -162,6 +168,10 @@ fn run_tdx(args: &MeasureArgs) -> anyhow::Result<()> {
         _ => PageOrder::SinglePass,
     };
     let mrtd = hex::encode(measure_mrtd(&firmware, order)?);
+    if args.rvps {
+        let values = [("mr_td".to_owned(), vec![mrtd])].into_iter().collect();
+        return super::print_json(&rvps::sample_message(&values));
+    }
     if !args.json {
         println!("{mrtd}");
         return Ok(());
@@ -218,6 +228,12 @@ fn run_snp(args: MeasureArgs) -> anyhow::Result<()> {
         }),
     };
     let digest = hex::encode(measure_snp(&launch)?);
+    if args.rvps {
+        let values = [("snp_launch_measurement".to_owned(), vec![digest])]
+            .into_iter()
+            .collect();
+        return super::print_json(&rvps::sample_message(&values));
+    }
     if !args.json {
         println!("{digest}");
         return Ok(());
@@ -283,6 +299,14 @@ pub fn qemu_reference(args: &MeasureArgs) -> anyhow::Result<QemuReference> {
 
 fn run_qemu(args: &MeasureArgs) -> anyhow::Result<()> {
     let reference = qemu_reference(args)?;
+    if args.rvps {
+        let values = reference
+            .pcrs
+            .iter()
+            .map(|(pcr, v)| (rvps::tpm_pcr_name(*pcr), vec![v.clone()]))
+            .collect();
+        return super::print_json(&rvps::sample_message(&values));
+    }
     if args.json {
         return super::print_json(&reference);
     }

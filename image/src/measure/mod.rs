@@ -3,6 +3,7 @@
 pub mod authenticode;
 pub mod qemu;
 pub mod runtime;
+pub mod rvps;
 pub mod snp;
 pub mod tdx;
 pub mod uki;
