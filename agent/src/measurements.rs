@@ -50,6 +50,7 @@ pub fn read(eventlog: &Path, sysfs: &Path) -> Result<EventLogResponse, Measureme
     })?;
     let register_values = match log.register {
         RegisterId::TpmPcr { index } => read_pcrs(sysfs, index)?,
+        RegisterId::TdxRtmr { index } => read_rtmr(sysfs, index)?,
         RegisterId::None => Vec::new(),
     };
     Ok(EventLogResponse {
@@ -75,6 +76,17 @@ fn read_pcrs(sysfs: &Path, index: u32) -> Result<Vec<RegisterValue>, Measurement
         });
     }
     Ok(values)
+}
+
+/// An RTMR's value: its sysfs file holds the 48 raw bytes.
+fn read_rtmr(sysfs: &Path, index: u32) -> Result<Vec<RegisterValue>, MeasurementsError> {
+    let path = cvm_attest::register::tdx::rtmr_file(sysfs, index);
+    let bytes =
+        fs::read(&path).map_err(|source| MeasurementsError::ReadRegister { path, source })?;
+    Ok(vec![RegisterValue {
+        hash_alg: HashAlg::Sha384,
+        value: hex::encode(bytes),
+    }])
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use cvm_attest::register::{NoRegister, RUNTIME_PCR, TpmPcr};
+use cvm_attest::register::tdx::RUNTIME_RTMR;
+use cvm_attest::register::{NoRegister, RUNTIME_PCR, TdxRtmr, TpmPcr};
 use cvm_attest::{EventKind, MeasurementRegister, RegisterError, RuntimeLog};
 use tracing::{info, warn};
 
@@ -37,6 +38,12 @@ pub enum MeasureError {
 
 /// Open the register the configuration asks for.
 pub fn open_register(config: &Config) -> Result<Box<dyn MeasurementRegister>, MeasureError> {
+    // In a TDX guest whose kernel exposes RTMR3 (Linux ≥ 6.16), the runtime log goes to
+    // the TEE's own register: it is in the TD quote, with no vTPM to trust.
+    if let Some(rtmr) = TdxRtmr::open(Path::new("/sys"), RUNTIME_RTMR) {
+        info!("runtime measurements go to TDX RTMR3");
+        return Ok(Box::new(rtmr));
+    }
     if config.tpm == TpmMode::Off {
         return Ok(Box::new(NoRegister));
     }

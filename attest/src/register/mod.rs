@@ -5,6 +5,7 @@
 //! log always replays to the register. When the log is persisted, every append replaces
 //! the file atomically (write, fsync, rename), so a reader never sees half a log.
 
+pub mod tdx;
 #[cfg(feature = "tpm")]
 mod tpm;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digests;
 use crate::eventlog::{EventContent, EventKind, EventLog, EventRecord};
 
+pub use tdx::TdxRtmr;
 #[cfg(feature = "tpm")]
 pub use tpm::TpmPcr;
 
@@ -33,6 +35,11 @@ pub enum RegisterId {
         /// The PCR index.
         index: u32,
     },
+    /// A TDX runtime measurement register (sha384 only).
+    TdxRtmr {
+        /// The RTMR index (3 for the runtime log).
+        index: u32,
+    },
     /// No register: the log is kept but nothing hardware-backed mirrors it. Only allowed
     /// when the configuration says the TPM is optional.
     None,
@@ -42,7 +49,7 @@ impl RegisterId {
     /// The register index records carry, if the register has one.
     pub fn index(&self) -> Option<u32> {
         match self {
-            RegisterId::TpmPcr { index } => Some(*index),
+            RegisterId::TpmPcr { index } | RegisterId::TdxRtmr { index } => Some(*index),
             RegisterId::None => None,
         }
     }
