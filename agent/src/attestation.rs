@@ -127,8 +127,8 @@ impl Attestation {
     }
 
     /// Evidence of `tee` for `nonce`, with the runtime event log (and for a TPM quote,
-    /// the firmware's). For SNP and TDX the nonce (at most 64 bytes) is the report
-    /// data, zero-padded.
+    /// the firmware's). For SNP and TDX the report data binds the nonce (at most 64
+    /// bytes) and the runtime log: `cvm_attest::binding::runtime_report_data`.
     pub fn evidence(
         &self,
         tee: &str,
@@ -137,6 +137,8 @@ impl Attestation {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| AttestationError::BadRequest(format!("encode evidence: {e}")))
         };
+        // One read of the log serves the binding and the answer, so they cannot differ.
+        let runtime_log = self.runtime_log()?;
         let (evidence, firmware_log) = match tee {
             "tpm" => {
                 let quote = self.with_attester(|a| a.quote(nonce))?;
@@ -146,12 +148,12 @@ impl Attestation {
             "snp" | "tdx" => {
                 if nonce.is_empty() || nonce.len() > 64 {
                     return Err(AttestationError::BadRequest(format!(
-                        "report data must be 1 to 64 bytes, got {}",
+                        "nonce must be 1 to 64 bytes, got {}",
                         nonce.len()
                     )));
                 }
-                let mut report_data = [0u8; 64];
-                report_data[..nonce.len()].copy_from_slice(nonce);
+                // No register to extend here: the runtime log goes into the report data.
+                let report_data = cvm_attest::binding::runtime_report_data(nonce, &runtime_log);
                 let value = if tee == "snp" {
                     serde_json::to_value(cvm_attest::snp::attester::report(&report_data, None)?)
                 } else {
@@ -170,19 +172,22 @@ impl Attestation {
                 )));
             }
         };
-        let runtime_log = std::fs::read(&self.eventlog)
-            .map_err(|e| e.to_string())
-            .and_then(|b| EventLog::parse(&b).map_err(|e| e.to_string()))
-            .map_err(|reason| AttestationError::EventLog {
-                path: self.eventlog.clone(),
-                reason,
-            })?;
         Ok(AttestationEvidence {
             tee: tee.to_owned(),
             evidence,
             runtime_log,
             firmware_log,
         })
+    }
+
+    fn runtime_log(&self) -> Result<EventLog, AttestationError> {
+        std::fs::read(&self.eventlog)
+            .map_err(|e| e.to_string())
+            .and_then(|b| EventLog::parse(&b).map_err(|e| e.to_string()))
+            .map_err(|reason| AttestationError::EventLog {
+                path: self.eventlog.clone(),
+                reason,
+            })
     }
 }
 
