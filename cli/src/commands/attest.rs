@@ -49,18 +49,26 @@ pub struct AttestArgs {
     pub json: bool,
 }
 
+/// The outcome of attesting a guest.
 #[derive(Debug, Serialize)]
-struct Report {
-    ok: bool,
-    tee: String,
-    nonce: String,
-    ak_name: String,
-    pcrs: Vec<String>,
-    checks: Vec<Check>,
+pub struct AttestReport {
+    /// Every check passed.
+    pub ok: bool,
+    /// The evidence type.
+    pub tee: String,
+    /// Hex of the nonce the quote answers.
+    pub nonce: String,
+    /// Hex of the activated AK's TPM name.
+    pub ak_name: String,
+    /// The quoted sha256 PCRs, hex.
+    pub pcrs: Vec<String>,
+    /// Each check, in order.
+    pub checks: Vec<Check>,
 }
 
-fn ek_trust(args: &AttestArgs) -> anyhow::Result<EkTrust> {
-    let pem = match &args.ek_ca {
+/// The EK CA bundle at `path`, or swtpm's local CA (the one `cvm run` uses).
+pub fn ek_trust(path: Option<&std::path::Path>) -> anyhow::Result<EkTrust> {
+    let pem = match path {
         Some(p) => {
             std::fs::read(p).with_context(|| format!("read EK CA bundle {}", p.display()))?
         }
@@ -136,31 +144,34 @@ fn bind_ak(to: &str, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String
     Ok(challenge.finish(&answer).map_err(|e| describe(&e)))
 }
 
-/// Run `cvm attest`.
-pub fn run(args: AttestArgs) -> anyhow::Result<()> {
-    let trust = ek_trust(&args)?;
-    let reference = reference(&args)?;
-
-    let ak = match bind_ak(&args.to, &trust)? {
+/// Attest the guest at `agent`: bind its AK, ask for fresh evidence, appraise it
+/// against `reference`. The error is a host or transport failure; a failed check is in
+/// the returned checks.
+pub fn attest_guest(
+    agent: &str,
+    trust: &EkTrust,
+    reference: Option<&QemuReference>,
+) -> anyhow::Result<AttestReport> {
+    let ak = match bind_ak(agent, trust)? {
         Ok(ak) => ak,
         Err(detail) => {
-            let check = Check {
-                name: "attestation key".into(),
+            return Ok(AttestReport {
                 ok: false,
-                detail,
-            };
-            if args.json {
-                super::print_json(&serde_json::json!({ "ok": false, "checks": [check] }))?;
-            } else {
-                super::eventlog::print_checks(&[check]);
-            }
-            return Err(VerificationFailed.into());
+                tee: "tpm".into(),
+                nonce: String::new(),
+                ak_name: String::new(),
+                pcrs: Vec::new(),
+                checks: vec![Check {
+                    name: "attestation key".into(),
+                    ok: false,
+                    detail,
+                }],
+            });
         }
     };
-
     let nonce = fresh_nonce()?;
     let evidence: AttestationEvidence = agent_client::get_json(
-        &args.to,
+        agent,
         &format!("/v1/attestation/evidence?nonce={}", hex::encode(nonce)),
     )?;
     let mut checks = vec![Check {
@@ -169,18 +180,24 @@ pub fn run(args: AttestArgs) -> anyhow::Result<()> {
         detail: "EK certificate chains to the EK CA; the TPM activated a credential for this AK"
             .into(),
     }];
-    checks.extend(appraise(&evidence, &nonce, &ak, reference.as_ref()));
-    let ok = checks.iter().all(|c| c.ok);
-    let report = Report {
-        ok,
+    checks.extend(appraise(&evidence, &nonce, &ak, reference));
+    Ok(AttestReport {
+        ok: checks.iter().all(|c| c.ok),
         tee: evidence.tee.clone(),
         nonce: hex::encode(nonce),
         ak_name: hex::encode(&ak.name),
-        pcrs: serde_json::from_value::<cvm_attest::tpm::TpmEvidence>(evidence.evidence.clone())
+        pcrs: serde_json::from_value::<cvm_attest::tpm::TpmEvidence>(evidence.evidence)
             .map(|q| q.tpm_quote.pcrs)
             .unwrap_or_default(),
         checks,
-    };
+    })
+}
+
+/// Run `cvm attest`.
+pub fn run(args: AttestArgs) -> anyhow::Result<()> {
+    let trust = ek_trust(args.ek_ca.as_deref())?;
+    let reference = reference(&args)?;
+    let report = attest_guest(&args.to, &trust, reference.as_ref())?;
     if args.json {
         super::print_json(&report)?;
     } else {
@@ -190,7 +207,7 @@ pub fn run(args: AttestArgs) -> anyhow::Result<()> {
             println!("  (no reference values: pass --image or --reference to check the PCRs)");
         }
     }
-    if ok {
+    if report.ok {
         Ok(())
     } else {
         Err(VerificationFailed.into())

@@ -1,6 +1,8 @@
-//! `cvm demo`: the main job in one command. Boot the image under QEMU with a real vTPM,
-//! wait for the agent, show that it is healthy and what was measured, check that the
-//! measurements replay to the TPM and match the image's files, then power off.
+//! `cvm demo`: the main job in one command. Predict the image's PCRs offline, boot it
+//! under QEMU with a real vTPM, wait for the agent, show that it is healthy and what was
+//! measured, check that the measurements replay to the TPM and match the image's files,
+//! attest it (AK bound to the certified EK, a fresh quote against the prediction), then
+//! power off.
 
 use std::time::Duration;
 
@@ -32,6 +34,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         manifest.kernel_source,
         args.vm.accel
     );
+    let measure =
+        super::measure::MeasureArgs::for_image(args.vm.image.clone(), u64::from(args.vm.memory));
+    let reference = super::measure::qemu_reference(&measure)?;
+    println!("== predicted before boot (cvm measure --platform qemu):");
+    for (pcr, value) in &reference.pcrs {
+        println!("  PCR {pcr:<2} sha256 {value}");
+    }
     let mut booted = boot(&args.vm, args.console)?;
     let agent = format!("127.0.0.1:{}", booted.vm.host_port());
     booted
@@ -51,9 +60,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let log: EventLogResponse = agent_client::get_json(&agent, "/v1/eventlog")?;
     println!("== GET /v1/eventlog");
     print_log(&log);
-    let checks = verify::check_eventlog(&log, Some(&manifest));
+    let mut checks = verify::check_eventlog(&log, Some(&manifest));
     println!("== checks");
     print_checks(&checks);
+    println!("== attestation (cvm attest: AK bound to the swtpm-certified EK, fresh quote)");
+    let trust = super::attest::ek_trust(None)?;
+    let report = super::attest::attest_guest(&agent, &trust, Some(&reference))?;
+    print_checks(&report.checks);
+    checks.extend(report.checks);
 
     println!("== pressing the power button");
     booted.vm.powerdown()?;
