@@ -147,3 +147,22 @@ fn policy_checks_name_the_register() {
         Err(TdxVerifyError::Debug(_))
     ));
 }
+
+#[test]
+fn evidence_json_verifies_and_a_foreign_event_log_is_refused() {
+    use base64::Engine as _;
+    use cvm_attest::tdx::TdxEvidence;
+    use cvm_attest::tdx::verifier::verify_tdx_evidence;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let ev = TdxEvidence {
+        cc_eventlog: None,
+        quote: b64(QUOTE),
+    };
+    verify_tdx_evidence(&ev, &collateral(), now(), &lenient()).unwrap();
+    // The sample quote's RTMRs were not produced by this (OVMF) log.
+    let foreign = TdxEvidence {
+        cc_eventlog: Some(b64(include_bytes!("data/ovmf-direct-boot.tcglog"))),
+        quote: b64(QUOTE),
+    };
+    assert!(verify_tdx_evidence(&foreign, &collateral(), now(), &lenient()).is_err());
+}

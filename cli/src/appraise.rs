@@ -131,7 +131,10 @@ pub fn appraise(
         }
         let mut detail = format!("PCR {pcr} mismatch: expected {expected}, got {actual}");
         if let Some(log) = &firmware {
-            let logged: Vec<String> = log.events_of(pcr).map(|e| hex::encode(e.sha256)).collect();
+            let logged: Vec<String> = log
+                .events_of(pcr)
+                .map(|e| e.sha256.map(hex::encode).unwrap_or_default())
+                .collect();
             let predicted: Vec<&PredictedEvent> =
                 reference.events.iter().filter(|e| e.pcr == pcr).collect();
             detail.push_str(&first_difference(&logged, &predicted));

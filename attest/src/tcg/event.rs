@@ -87,8 +87,8 @@ pub struct FirmwareEvent {
     pub pcr: u32,
     /// Its type.
     pub event_type: EventType,
-    /// Its sha256 digest (every log we accept has a sha256 bank).
-    pub sha256: [u8; 32],
+    /// Its sha256 digest, when the log has that bank (a vTPM log does; CCEL does not).
+    pub sha256: Option<[u8; 32]>,
     /// Its sha384 digest, when the log has that bank.
     pub sha384: Option<[u8; 48]>,
     /// The event data.
@@ -130,9 +130,17 @@ pub enum FirmwareLogError {
         /// Event index.
         event: usize,
     },
-    /// The log has no sha256 bank.
-    #[error("firmware event log has no sha256 bank")]
-    NoSha256,
+    /// The log has neither a sha256 nor a sha384 bank.
+    #[error("firmware event log has neither a sha256 nor a sha384 bank")]
+    NoBank,
+    /// An event lacks a digest of a bank the header declares.
+    #[error("firmware event log: event {event} has no {bank} digest")]
+    MissingDigest {
+        /// The bank.
+        bank: &'static str,
+        /// Event index.
+        event: usize,
+    },
     /// A PCR index out of range.
     #[error("firmware event log: event {event} extends PCR {pcr}")]
     Pcr {
@@ -217,8 +225,10 @@ impl FirmwareLog {
             let size = spec.u16("digestSize")? as usize;
             algs.push((alg, size));
         }
-        if !algs.iter().any(|&(a, s)| a == ALG_SHA256 && s == 32) {
-            return Err(FirmwareLogError::NoSha256);
+        let has256 = algs.iter().any(|&(a, s)| a == ALG_SHA256 && s == 32);
+        let has384 = algs.iter().any(|&(a, s)| a == ALG_SHA384 && s == 48);
+        if !has256 && !has384 {
+            return Err(FirmwareLogError::NoBank);
         }
 
         let mut events = Vec::new();
@@ -276,10 +286,19 @@ impl FirmwareLog {
                     event: r.event,
                 });
             }
-            let sha256 = sha256.ok_or(FirmwareLogError::Algorithm {
-                alg: ALG_SHA256,
-                event: r.event,
-            })?;
+            // Every event carries every bank the header declares.
+            if has256 && sha256.is_none() {
+                return Err(FirmwareLogError::MissingDigest {
+                    bank: "sha256",
+                    event: r.event,
+                });
+            }
+            if has384 && sha384.is_none() {
+                return Err(FirmwareLogError::MissingDigest {
+                    bank: "sha384",
+                    event: r.event,
+                });
+            }
             events.push(FirmwareEvent {
                 pcr,
                 event_type,
@@ -295,13 +314,26 @@ impl FirmwareLog {
     }
 
     /// The sha256 values the log replays to, for every PCR (untouched PCRs stay zero;
-    /// PCR 0 starts from the startup locality).
+    /// PCR 0 starts from the startup locality). Zero everywhere for a log without the
+    /// sha256 bank.
     pub fn replay_sha256(&self) -> [[u8; 32]; PCRS] {
         let mut pcrs = [[0u8; 32]; PCRS];
         pcrs[0][31] = self.startup_locality;
         for e in &self.events {
-            if let Some(p) = pcrs.get_mut(e.pcr as usize) {
-                *p = extend_sha256(p, &e.sha256);
+            if let (Some(p), Some(d)) = (pcrs.get_mut(e.pcr as usize), &e.sha256) {
+                *p = extend_sha256(p, d);
+            }
+        }
+        pcrs
+    }
+
+    /// The sha384 values the log replays to, as [`Self::replay_sha256`].
+    pub fn replay_sha384(&self) -> [[u8; 48]; PCRS] {
+        let mut pcrs = [[0u8; 48]; PCRS];
+        pcrs[0][47] = self.startup_locality;
+        for e in &self.events {
+            if let (Some(p), Some(d)) = (pcrs.get_mut(e.pcr as usize), &e.sha384) {
+                *p = extend_sha384(p, d);
             }
         }
         pcrs
@@ -317,6 +349,12 @@ impl FirmwareLog {
 
     /// Check that the log replays to the quoted sha256 value of every PCR it touches.
     pub fn verify_replay(&self, quoted: &[[u8; 32]]) -> Result<(), FirmwareLogError> {
+        if let Some(i) = self.events.iter().position(|e| e.sha256.is_none()) {
+            return Err(FirmwareLogError::MissingDigest {
+                bank: "sha256",
+                event: i + 1,
+            });
+        }
         let replayed = self.replay_sha256();
         for pcr in self.pcrs() {
             let i = pcr as usize;

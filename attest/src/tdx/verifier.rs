@@ -58,6 +58,19 @@ pub enum TdxVerifyError {
     /// The TD may be debugged.
     #[error("TD attributes allow debugging (TD_ATTRIBUTES {0})")]
     Debug(String),
+    /// The CC event log does not parse.
+    #[error("CC event log malformed")]
+    EventLogParse(#[from] crate::tcg::FirmwareLogError),
+    /// The CC event log does not replay to a quoted RTMR.
+    #[error("CC event log does not replay to {register}: log gives {log}, quote has {quoted}")]
+    EventLog {
+        /// RTMR0..3.
+        register: &'static str,
+        /// Hex of the replayed value.
+        log: String,
+        /// Hex of the quoted value.
+        quoted: String,
+    },
     /// A measurement register differs.
     #[error("{register} mismatch: expected {expected}, got {actual}")]
     Mismatch {
@@ -171,6 +184,61 @@ pub fn check_td(
     }
     if let Some(e) = &policy.report_data {
         mismatch("REPORTDATA", e, &v.report_data)?;
+    }
+    Ok(())
+}
+
+/// Verify Trustee `tdx` evidence: the quote as [`verify_tdx`], then, when the evidence
+/// carries a CC event log, that it replays to the quoted RTMRs.
+pub fn verify_tdx_evidence(
+    evidence: &super::TdxEvidence,
+    collateral: &QuoteCollateralV3,
+    now_secs: u64,
+    policy: &TdxPolicy,
+) -> Result<VerifiedTd, TdxVerifyError> {
+    use base64::Engine as _;
+    let b64 = |v: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| TdxVerifyError::Quote("evidence field is not base64".into()))
+    };
+    let verified = verify_tdx(&b64(&evidence.quote)?, collateral, now_secs, policy)?;
+    if let Some(log) = &evidence.cc_eventlog {
+        verify_ccel(&b64(log)?, &verified.rtmr)?;
+    }
+    Ok(verified)
+}
+
+/// Check that a CC event log (the ACPI CCEL table: TCG crypto-agile format, sha384,
+/// with the MR index in the PCR-index field: 1..=4 for RTMR0..3) replays to the quoted
+/// RTMRs it touches.
+pub fn verify_ccel(ccel: &[u8], rtmr: &[[u8; 48]; 4]) -> Result<(), TdxVerifyError> {
+    const RTMR: [&str; 4] = ["RTMR0", "RTMR1", "RTMR2", "RTMR3"];
+    let log = crate::tcg::FirmwareLog::parse(ccel)?;
+    if let Some(i) = log.events.iter().position(|e| e.sha384.is_none()) {
+        return Err(crate::tcg::FirmwareLogError::MissingDigest {
+            bank: "sha384",
+            event: i + 1,
+        }
+        .into());
+    }
+    let replayed = log.replay_sha384();
+    for index in log.pcrs() {
+        // MR index 0 is MRTD, which firmware cannot extend; anything past 4 is no RTMR.
+        let Some(i) = (index as usize).checked_sub(1).filter(|i| *i < 4) else {
+            return Err(crate::tcg::FirmwareLogError::Pcr {
+                pcr: index,
+                event: 0,
+            }
+            .into());
+        };
+        if replayed[index as usize] != rtmr[i] {
+            return Err(TdxVerifyError::EventLog {
+                register: RTMR[i],
+                log: hex::encode(replayed[index as usize]),
+                quoted: hex::encode(rtmr[i]),
+            });
+        }
     }
     Ok(())
 }
