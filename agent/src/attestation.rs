@@ -166,9 +166,14 @@ impl Attestation {
                 let ev = cvm_attest::azure::attester::evidence(tcti, nonce)?;
                 (to_json(serde_json::to_value(ev))?, None)
             }
+            "az-tdx-vtpm" => {
+                let tcti = self.tcti.as_deref().ok_or(AttestationError::NoTpm)?;
+                let ev = cvm_attest::azure::attester::tdx_evidence(tcti, nonce)?;
+                (to_json(serde_json::to_value(ev))?, None)
+            }
             other => {
                 return Err(AttestationError::BadRequest(format!(
-                    "unknown tee {other:?} (known: tpm, snp, tdx, az-snp-vtpm)"
+                    "unknown tee {other:?} (known: tpm, snp, tdx, az-snp-vtpm, az-tdx-vtpm)"
                 )));
             }
         };

@@ -165,3 +165,58 @@ fn azure_evidence_twins_are_rejected() {
         AzVerifyError::Snp(SnpVerifyError::Signature("VCEK"))
     );
 }
+
+#[test]
+fn az_tdx_evidence_binds_and_refuses_a_quote_of_another_td() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use cvm_attest::azure::AzTdxEvidence;
+    use cvm_attest::azure::verifier::verify_az_tdx;
+    use cvm_attest::tdx::verifier::{
+        QuoteCollateralV3, TdxPolicy, TdxVerifyError, collateral_next_update,
+    };
+    // A genuine TD quote and its collateral (dcap-qvl's sample), but of another TD than
+    // the recorded HCL report's: the report data it carries is not the HCL's.
+    let collateral: QuoteCollateralV3 =
+        serde_json::from_str(include_str!("data/tdx/tdx_quote_collateral.json")).unwrap();
+    let now = collateral_next_update(&collateral).unwrap() - 86_400;
+    let policy = TdxPolicy {
+        accepted_tcb_status: ["UpToDate", "SWHardeningNeeded", "OutOfDate"]
+            .map(String::from)
+            .to_vec(),
+        ..TdxPolicy::default()
+    };
+    let evidence = |hcl: &[u8]| AzTdxEvidence {
+        version: 1,
+        tpm_quote: evidence_v2().tpm_quote,
+        hcl_report: URL_SAFE_NO_PAD.encode(hcl),
+        td_quote: URL_SAFE_NO_PAD.encode(include_bytes!("data/tdx/tdx_quote")),
+    };
+    let err = verify_az_tdx(&evidence(HCL_TDX), b"nonce", &collateral, now, &policy).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AzVerifyError::Tdx(TdxVerifyError::Mismatch {
+                register: "REPORTDATA",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    // An SNP HCL report is not az-tdx-vtpm evidence.
+    assert_eq!(
+        verify_az_tdx(&evidence(HCL_SNP), b"nonce", &collateral, now, &policy).unwrap_err(),
+        AzVerifyError::NotTdx
+    );
+    // A flipped byte in the variable data breaks the binding before any quote is read.
+    let mut var = HCL_TDX.to_vec();
+    var[1236 + 40] ^= 1;
+    assert!(matches!(
+        verify_az_tdx(&evidence(&var), b"nonce", &collateral, now, &policy),
+        Err(AzVerifyError::Binding { .. })
+    ));
+    // The HCL's TD report exposes its registers.
+    let hcl = parse_hcl_report(HCL_TDX).unwrap();
+    assert!(hcl.td_registers().is_some());
+    assert!(parse_hcl_report(HCL_SNP).unwrap().td_registers().is_none());
+}

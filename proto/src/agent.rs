@@ -47,12 +47,13 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
-/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx]`: fresh evidence and the
-/// logs to replay.
+/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`:
+/// fresh evidence and the logs to replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationEvidence {
-    /// The evidence type, in Trustee's naming (`tpm`, `snp`, `tdx`).
+    /// The evidence type, in Trustee's naming (`tpm`, `snp`, `tdx`, `az-snp-vtpm`,
+    /// `az-tdx-vtpm`).
     pub tee: String,
     /// The evidence, in Trustee's format for that type.
     pub evidence: serde_json::Value,

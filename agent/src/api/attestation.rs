@@ -74,7 +74,8 @@ pub async fn activate(att: Arc<Attestation>, body: &[u8]) -> Response<Body> {
     blocking(att, move |a| a.activate(&req)).await
 }
 
-/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx]` (default `tpm`).
+/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`
+/// (default `tpm`).
 pub async fn evidence(att: Arc<Attestation>, query: Option<&str>) -> Response<Body> {
     let param = |name: &str| {
         query

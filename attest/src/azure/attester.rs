@@ -1,6 +1,7 @@
-//! `az-snp-vtpm` evidence in an Azure confidential VM: the HCL report from the vTPM's
-//! NV index, a quote by the HCL's persistent AK over the verifier's nonce, and the VCEK
-//! from Azure's instance metadata service (IMDS).
+//! Azure confidential VM evidence: the HCL report from the vTPM's NV index (refreshed
+//! with the verifier's nonce), a quote by the HCL's persistent AK over that nonce, and
+//! from Azure's instance metadata service (IMDS) the VCEK (`az-snp-vtpm`) or a TD quote
+//! of the HCL's TD report (`az-tdx-vtpm`).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -19,12 +20,15 @@ use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
 use tss_esapi::tcti_ldr::TctiNameConf;
 
-use super::{AK_HANDLE, AzSnpEvidence, AzTpmQuote, HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX};
+use super::{
+    AK_HANDLE, AzSnpEvidence, AzTdxEvidence, AzTpmQuote, HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX,
+};
 use crate::tpm::attester::{AttesterError, quote_persistent};
 
 /// Azure's IMDS endpoint for the VM's VCEK (and chain).
 const IMDS: &str = "169.254.169.254:80";
 const VCEK_PATH: &str = "/metadata/THIM/amd/certification";
+const TD_QUOTE_PATH: &str = "/acc/tdquote";
 
 /// Azure evidence could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -95,18 +99,25 @@ fn write_report_data(ctx: &mut Context, data: &[u8; 64]) -> Result<(), AttesterE
     .map_err(tpm("NV_Write 0x01400002"))
 }
 
-/// The VCEK (DER) for this VM's chip and TCB, from IMDS (which serves it as PEM).
-pub fn vcek_from_imds() -> Result<Vec<u8>, AzAttesterError> {
+/// One request to Azure's instance metadata service; the answer's JSON.
+fn imds(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<serde_json::Value, AzAttesterError> {
     let fail = |e: std::io::Error| AzAttesterError::Imds(e.to_string());
     let addr = IMDS
         .parse()
         .map_err(|_| AzAttesterError::Imds("bad address".into()))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    s.set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(fail)?;
+    let body = body.unwrap_or_default();
     write!(
         s,
-        "GET {VCEK_PATH} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .map_err(fail)?;
     let mut raw = Vec::new();
@@ -115,8 +126,13 @@ pub fn vcek_from_imds() -> Result<Vec<u8>, AzAttesterError> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| AzAttesterError::Imds("no HTTP response".into()))?;
-    let body: serde_json::Value = serde_json::from_slice(&raw[split + 4..])
-        .map_err(|e| AzAttesterError::Imds(format!("not JSON: {e}")))?;
+    serde_json::from_slice(&raw[split + 4..])
+        .map_err(|e| AzAttesterError::Imds(format!("{path}: answer is not JSON: {e}")))
+}
+
+/// The VCEK (DER) for this VM's chip and TCB, from IMDS (which serves it as PEM).
+pub fn vcek_from_imds() -> Result<Vec<u8>, AzAttesterError> {
+    let body = imds("GET", VCEK_PATH, None)?;
     let pem = body["vcekCert"]
         .as_str()
         .ok_or_else(|| AzAttesterError::Imds("no vcekCert in the answer".into()))?;
@@ -130,31 +146,71 @@ pub fn vcek_from_imds() -> Result<Vec<u8>, AzAttesterError> {
         .map_err(|_| AzAttesterError::Imds("vcekCert is not PEM".into()))
 }
 
-/// The evidence for `nonce`.
-pub fn evidence(tcti: &str, nonce: &[u8]) -> Result<AzSnpEvidence, AzAttesterError> {
-    let mut report_data = [0u8; 64];
-    let n = nonce.len().min(64);
-    report_data[..n].copy_from_slice(&nonce[..n]);
-    let hcl = hcl_report(tcti, &report_data)?;
-    let q = quote_persistent(tcti, AK_HANDLE, nonce)?;
+/// A TD quote of `td_report` from Azure's quoting service (through IMDS).
+pub fn td_quote_from_imds(td_report: &[u8]) -> Result<Vec<u8>, AzAttesterError> {
+    let body = serde_json::json!({ "report": URL_SAFE_NO_PAD.encode(td_report) }).to_string();
+    let answer = imds("POST", TD_QUOTE_PATH, Some(&body))?;
+    let quote = answer["quote"]
+        .as_str()
+        .ok_or_else(|| AzAttesterError::Imds("no quote in the answer".into()))?;
+    URL_SAFE_NO_PAD
+        .decode(quote.trim_end_matches('='))
+        .map_err(|_| AzAttesterError::Imds("quote is not base64url".into()))
+}
+
+fn az_quote(q: crate::tpm::TpmQuote) -> AzTpmQuote {
     let hex_of = |b64: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map(hex::encode)
             .unwrap_or_default()
     };
+    AzTpmQuote {
+        // TPMT_SIGNATURE = sigAlg (2) ‖ hash (2) ‖ size (2) ‖ signature: Azure's form
+        // carries only the signature.
+        signature: hex_of(&q.signature)
+            .get(12..)
+            .unwrap_or_default()
+            .to_owned(),
+        message: hex_of(&q.message),
+        pcrs: q.pcrs,
+    }
+}
+
+fn padded(nonce: &[u8]) -> [u8; 64] {
+    let mut report_data = [0u8; 64];
+    let n = nonce.len().min(64);
+    report_data[..n].copy_from_slice(&nonce[..n]);
+    report_data
+}
+
+/// `az-tdx-vtpm` evidence for `nonce`.
+pub fn tdx_evidence(tcti: &str, nonce: &[u8]) -> Result<AzTdxEvidence, AzAttesterError> {
+    let hcl = hcl_report(tcti, &padded(nonce))?;
+    let parsed = super::parse_hcl_report(&hcl)
+        .map_err(|e| AzAttesterError::NotAzure(format!("HCL report: {e}")))?;
+    if parsed.kind != super::HardwareReport::Tdx {
+        return Err(AzAttesterError::NotAzure(
+            "the HCL report carries an SNP report: use az-snp-vtpm".into(),
+        ));
+    }
+    let td_quote = td_quote_from_imds(&parsed.hw_report)?;
+    let q = quote_persistent(tcti, AK_HANDLE, nonce)?;
+    Ok(AzTdxEvidence {
+        version: 1,
+        tpm_quote: az_quote(q),
+        hcl_report: URL_SAFE_NO_PAD.encode(hcl),
+        td_quote: URL_SAFE_NO_PAD.encode(td_quote),
+    })
+}
+
+/// `az-snp-vtpm` evidence for `nonce`.
+pub fn evidence(tcti: &str, nonce: &[u8]) -> Result<AzSnpEvidence, AzAttesterError> {
+    let hcl = hcl_report(tcti, &padded(nonce))?;
+    let q = quote_persistent(tcti, AK_HANDLE, nonce)?;
     Ok(AzSnpEvidence {
         version: 2,
-        tpm_quote: AzTpmQuote {
-            // TPMT_SIGNATURE = sigAlg (2) ‖ hash (2) ‖ size (2) ‖ signature: Azure's form
-            // carries only the signature.
-            signature: hex_of(&q.signature)
-                .get(12..)
-                .unwrap_or_default()
-                .to_owned(),
-            message: hex_of(&q.message),
-            pcrs: q.pcrs,
-        },
+        tpm_quote: az_quote(q),
         hcl_report: URL_SAFE_NO_PAD.encode(hcl),
         vcek: URL_SAFE_NO_PAD.encode(vcek_from_imds()?),
     })

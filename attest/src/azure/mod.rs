@@ -33,6 +33,20 @@ pub struct AzSnpEvidence {
     pub vcek: String,
 }
 
+/// Evidence of the `az-tdx-vtpm` TEE, in Trustee's shape: as [`AzSnpEvidence`], with the
+/// TD quote Azure's quoting service made from the HCL's TD report instead of a VCEK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AzTdxEvidence {
+    /// Format version (1).
+    pub version: u32,
+    /// A quote by the HCL's AK over all sha256 PCRs, qualified by the verifier's nonce.
+    pub tpm_quote: AzTpmQuote,
+    /// The HCL report from NV index 0x01400001, base64url.
+    pub hcl_report: String,
+    /// The TD quote of the HCL report's TD report, base64url.
+    pub td_quote: String,
+}
+
 /// The quote as Trustee's Azure verifiers carry it: hex fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzTpmQuote {
@@ -188,6 +202,29 @@ impl HclReport {
                 .ok_or_else(|| HclError::VarData(format!("HCLAkPub.{name} is not base64url")))
         };
         Ok((field("n")?, field("e")?))
+    }
+
+    /// For a TD report: MRTD and RTMR0..3 (TDINFO, after the 256-byte REPORTMACSTRUCT,
+    /// the 239-byte TEE_TCB_INFO and 17 reserved bytes).
+    pub fn td_registers(&self) -> Option<([u8; 48], [[u8; 48]; 4])> {
+        if self.kind != HardwareReport::Tdx {
+            return None;
+        }
+        let tdinfo = 256 + 239 + 17;
+        let field =
+            |at: usize| -> Option<[u8; 48]> { self.hw_report.get(at..at + 48)?.try_into().ok() };
+        let mrtd = field(tdinfo + 16)?;
+        // After attributes (8), xfam (8), MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG.
+        let rtmr0 = tdinfo + 16 + 4 * 48;
+        Some((
+            mrtd,
+            [
+                field(rtmr0)?,
+                field(rtmr0 + 48)?,
+                field(rtmr0 + 96)?,
+                field(rtmr0 + 144)?,
+            ],
+        ))
     }
 
     /// The variable data's `user-data` (hex), when present.

@@ -8,9 +8,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rsa::pkcs8::EncodePublicKey as _;
 use rsa::{BigUint, RsaPublicKey};
 
-use super::{AzSnpEvidence, HardwareReport, HclError, parse_hcl_report};
+use super::{AzSnpEvidence, AzTdxEvidence, AzTpmQuote, HardwareReport, HclError, parse_hcl_report};
 use crate::snp::verifier::{SnpPolicy, SnpVerifyError, VerifiedSnp, verify_snp};
 use crate::snp::{CertTableEntry, CertType, SnpEvidence, SnpParseError, parse_report};
+use crate::tdx::verifier::{QuoteCollateralV3, TdxPolicy, TdxVerifyError, VerifiedTd, verify_tdx};
 use crate::tpm::verifier::{TpmVerifyError, VerifiedQuote, verify_quote};
 use crate::tpm::{TpmEvidence, TpmQuote};
 
@@ -23,6 +24,15 @@ pub enum AzVerifyError {
     /// The HCL report does not parse.
     #[error(transparent)]
     Hcl(#[from] HclError),
+    /// The HCL report carries an SNP report, not a TD report.
+    #[error("HCL report carries an SNP report; az-tdx-vtpm evidence needs a TD report")]
+    NotTdx,
+    /// The TD quote does not verify.
+    #[error(transparent)]
+    Tdx(#[from] TdxVerifyError),
+    /// The TD quote is of another TD report than the HCL's.
+    #[error("the TD quote's MRTD or RTMRs differ from the HCL's TD report")]
+    TdReportMismatch,
     /// The HCL report carries a TD report, not an SNP report.
     #[error("HCL report carries a TDX report; az-snp-vtpm evidence needs an SNP report")]
     NotSnp,
@@ -81,39 +91,10 @@ pub fn verify_az_snp(
             .decode(v.trim_end_matches('='))
             .map_err(|_| AzVerifyError::Base64(field))
     };
-    let hex_b64 = |field: &'static str, v: &str| -> Result<String, AzVerifyError> {
-        hex::decode(v)
-            .map(|b| STANDARD.encode(b))
-            .map_err(|_| AzVerifyError::Base64(field))
-    };
     let hcl_bytes = b64url("hcl_report", &evidence.hcl_report)?;
     let vcek = b64url("vcek", &evidence.vcek)?;
     let (snp, ak_der, user_data) = verify_hcl_snp(&hcl_bytes, &vcek, policy)?;
-    let tpm = TpmEvidence {
-        ak_public: STANDARD.encode(&ak_der),
-        tpm_quote: TpmQuote {
-            message: hex_b64("tpm_quote.message", &evidence.tpm_quote.message)?,
-            signature: raw_rsassa_to_tpmt(&evidence.tpm_quote.signature)
-                .ok_or(AzVerifyError::Base64("tpm_quote.signature"))?,
-            pcrs: evidence.tpm_quote.pcrs.clone(),
-        },
-        ek_cert: None,
-    };
-    let quote = verify_quote(&tpm, nonce, &[ak_der])?;
-    // The guest writes the nonce to NV 0x01400002 before reading the HCL report, so the
-    // report itself is fresh too (Trustee checks the same).
-    if let Some(actual) = &user_data {
-        let mut padded = [0u8; 64];
-        let n = nonce.len().min(64);
-        padded[..n].copy_from_slice(&nonce[..n]);
-        let expected = hex::encode(padded);
-        if !actual.eq_ignore_ascii_case(&expected) {
-            return Err(AzVerifyError::UserData {
-                expected,
-                actual: actual.clone(),
-            });
-        }
-    }
+    let (quote, user_data) = verify_hcl_quote(&evidence.tpm_quote, &ak_der, user_data, nonce)?;
     Ok(VerifiedAzSnp {
         snp,
         quote,
@@ -172,4 +153,107 @@ fn raw_rsassa_to_tpmt(hex_sig: &str) -> Option<String> {
     tpmt.extend_from_slice(&len.to_be_bytes());
     tpmt.extend_from_slice(&raw);
     Some(STANDARD.encode(tpmt))
+}
+
+/// The quote by the HCL's AK (`ak_der`) over `nonce`, and the HCL `user-data` freshness.
+fn verify_hcl_quote(
+    tpm_quote: &AzTpmQuote,
+    ak_der: &[u8],
+    user_data: Option<String>,
+    nonce: &[u8],
+) -> Result<(VerifiedQuote, Option<String>), AzVerifyError> {
+    let hex_b64 = |field: &'static str, v: &str| -> Result<String, AzVerifyError> {
+        hex::decode(v)
+            .map(|b| STANDARD.encode(b))
+            .map_err(|_| AzVerifyError::Base64(field))
+    };
+    let tpm = TpmEvidence {
+        ak_public: STANDARD.encode(ak_der),
+        tpm_quote: TpmQuote {
+            message: hex_b64("tpm_quote.message", &tpm_quote.message)?,
+            signature: raw_rsassa_to_tpmt(&tpm_quote.signature)
+                .ok_or(AzVerifyError::Base64("tpm_quote.signature"))?,
+            pcrs: tpm_quote.pcrs.clone(),
+        },
+        ek_cert: None,
+    };
+    let quote = verify_quote(&tpm, nonce, &[ak_der.to_vec()])?;
+    // The guest writes the nonce to NV 0x01400002 before reading the HCL report, so the
+    // report itself is fresh too (Trustee checks the same).
+    if let Some(actual) = &user_data {
+        let mut padded = [0u8; 64];
+        let n = nonce.len().min(64);
+        padded[..n].copy_from_slice(&nonce[..n]);
+        let expected = hex::encode(padded);
+        if !actual.eq_ignore_ascii_case(&expected) {
+            return Err(AzVerifyError::UserData {
+                expected,
+                actual: actual.clone(),
+            });
+        }
+    }
+    Ok((quote, user_data))
+}
+
+/// What verified `az-tdx-vtpm` evidence shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAzTdx {
+    /// The TD quote's verification.
+    pub td: VerifiedTd,
+    /// The quoted PCRs.
+    pub quote: VerifiedQuote,
+    /// The HCL variable data's `user-data`, when present.
+    pub user_data: Option<String>,
+}
+
+/// Verify `az-tdx-vtpm` evidence for `nonce`: the HCL's TD report is bound to its
+/// variable data, the TD quote verifies (DCAP, with `collateral` at `now_secs`) over the
+/// same report data and the same MRTD and RTMRs, and the quote by the HCL's AK verifies.
+/// `policy.report_data` is replaced by the HCL's.
+pub fn verify_az_tdx(
+    evidence: &AzTdxEvidence,
+    nonce: &[u8],
+    collateral: &QuoteCollateralV3,
+    now_secs: u64,
+    policy: &TdxPolicy,
+) -> Result<VerifiedAzTdx, AzVerifyError> {
+    let b64url = |field: &'static str, v: &str| {
+        URL_SAFE_NO_PAD
+            .decode(v.trim_end_matches('='))
+            .map_err(|_| AzVerifyError::Base64(field))
+    };
+    let hcl = parse_hcl_report(&b64url("hcl_report", &evidence.hcl_report)?)?;
+    let (mrtd, rtmr) = hcl.td_registers().ok_or(AzVerifyError::NotTdx)?;
+    let expected = hcl.expected_report_data();
+    if hcl.report_data() != expected {
+        return Err(AzVerifyError::Binding {
+            expected: hex::encode(expected),
+            actual: hex::encode(hcl.report_data()),
+        });
+    }
+    let mut policy = policy.clone();
+    policy.report_data = Some(hcl.report_data());
+    let td = verify_tdx(
+        &b64url("td_quote", &evidence.td_quote)?,
+        collateral,
+        now_secs,
+        &policy,
+    )?;
+    if td.mrtd != mrtd || td.rtmr != rtmr {
+        return Err(AzVerifyError::TdReportMismatch);
+    }
+    let (n, e) = hcl.ak_rsa()?;
+    let ak = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+        .map_err(|_| AzVerifyError::Ak)?;
+    let ak_der = ak
+        .to_public_key_der()
+        .map_err(|_| AzVerifyError::Ak)?
+        .into_vec();
+    let (quote, user_data) =
+        verify_hcl_quote(&evidence.tpm_quote, &ak_der, hcl.user_data(), nonce)?;
+    Ok(VerifiedAzTdx {
+        td,
+        quote,
+        user_data,
+    })
 }

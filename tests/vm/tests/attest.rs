@@ -157,7 +157,7 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
 
     // This guest is no SEV-SNP or TDX guest: asking for such evidence fails closed,
     // saying so, rather than answering with anything else.
-    for tee in ["snp", "tdx", "az-snp-vtpm"] {
+    for tee in ["snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm"] {
         let (status, body) = http_get(
             &guest.agent,
             &format!("/v1/attestation/evidence?tee={tee}&nonce=00ff"),
