@@ -3,6 +3,14 @@
 //! Trust-chain place: the relying party. It verifies guest evidence against reference
 //! values before it releases any resource.
 //!
-//! This crate is an empty skeleton: the broker arrives with the key-release issue, and
-//! until then no command offers it.
+//! This slice has the parts the server stands on: the resource path rule
+//! ([`resource_path`]), the crash-safe store of resources, reference values and
+//! policies ([`store`]), and admin authentication ([`admin_token`]). The HTTP server,
+//! verification and release arrive next in the key-release issue; until then no command
+//! offers the broker.
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod admin_token;
+pub mod resource_path;
+pub mod store;
