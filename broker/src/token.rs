@@ -1,0 +1,165 @@
+//! The attestation token the broker issues after a successful `/attest`: a JWT signed
+//! ES256 by the broker's token key, shaped as an EAR (EAT Attestation Result) the way
+//! Trustee's built-in attestation service shapes it, so policies written for Trustee
+//! read the same claims: `submods.cpu0["ear.status"]`,
+//! `submods.cpu0["ear.veraison.annotated-evidence"]` with the verifier's claims under the
+//! TEE's name and `runtime_data_claims.tee-pubkey` (the key resources are encrypted to).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use rand_core::OsRng;
+use serde_json::{Value, json};
+
+/// The EAT profile Trustee's tokens carry.
+pub const EAT_PROFILE: &str = "tag:github.com,2024:confidential-containers/Trustee";
+/// Our issuer name.
+pub const ISSUER: &str = "cvm-broker";
+/// Largest token accepted back from a client.
+pub const MAX_TOKEN: usize = 64 << 10;
+
+/// A token that does not verify.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a JWT with JSON header and claims.
+    #[error("attestation token is malformed: {0}")]
+    Malformed(&'static str),
+    /// Not ES256.
+    #[error("attestation token algorithm {0:?} is not ES256")]
+    Algorithm(String),
+    /// Not signed by this broker.
+    #[error("attestation token signature does not verify with this broker's key")]
+    Signature,
+    /// Expired.
+    #[error("attestation token expired at {exp} (now {now})")]
+    Expired {
+        /// Expiry.
+        exp: u64,
+        /// Now.
+        now: u64,
+    },
+    /// The claims lack the TEE public key.
+    #[error("attestation token carries no tee-pubkey")]
+    NoTeeKey,
+}
+
+/// The broker's token key.
+pub struct TokenKey(SigningKey);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// What an appraisal contributes to a token.
+#[derive(Debug, Clone)]
+pub struct Appraisal {
+    /// The TEE (`tpm`, `snp`, …).
+    pub tee: String,
+    /// The verifier's claims (measurements, TCB, …).
+    pub claims: Value,
+    /// The runtime data the report bound: nonce, tee-pubkey, additional-evidence.
+    pub runtime_data: Value,
+    /// The init-data digest, if any, hex.
+    pub init_data: Option<String>,
+    /// `affirming`, `warning`, `contraindicated` (AR4SI).
+    pub status: &'static str,
+}
+
+impl TokenKey {
+    /// A fresh key (the broker makes one at start: tokens outlive no broker).
+    pub fn generate() -> Self {
+        Self(SigningKey::random(&mut OsRng))
+    }
+
+    /// The public key as a JWK (also in every token's header).
+    pub fn public_jwk(&self) -> Value {
+        let point = self.0.verifying_key().to_encoded_point(false);
+        let enc =
+            |c: Option<&p256::FieldBytes>| c.map(|b| URL_SAFE_NO_PAD.encode(b)).unwrap_or_default();
+        json!({"kty": "EC", "crv": "P-256", "x": enc(point.x()), "y": enc(point.y())})
+    }
+
+    /// Issue a token for `appraisal` at `now`, valid for `lifetime` seconds.
+    pub fn issue(&self, appraisal: &Appraisal, now: u64, lifetime: u64) -> String {
+        let header = json!({"alg": "ES256", "typ": "JWT", "jwk": self.public_jwk()});
+        let mut annotated = serde_json::Map::new();
+        annotated.insert(appraisal.tee.clone(), appraisal.claims.clone());
+        annotated.insert("runtime_data_claims".into(), appraisal.runtime_data.clone());
+        if let Some(d) = &appraisal.init_data {
+            annotated.insert("init_data".into(), json!(d));
+        }
+        let claims = json!({
+            "eat_profile": EAT_PROFILE,
+            "iss": ISSUER,
+            "iat": now,
+            "exp": now + lifetime,
+            "ear.verifier-id": {"developer": "cvm", "build": env!("CARGO_PKG_VERSION")},
+            "submods": {"cpu0": {
+                "ear.status": appraisal.status,
+                "ear.appraisal-policy-id": "cvm-broker",
+                "ear.veraison.annotated-evidence": annotated,
+            }},
+        });
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig: Signature = self.0.sign(signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
+    /// Verify a token this broker issued; return its claims.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Value, TokenError> {
+        verify_with(self.0.verifying_key(), token, now)
+    }
+}
+
+/// Verify a token with `key`; return its claims.
+pub fn verify_with(key: &VerifyingKey, token: &str, now: u64) -> Result<Value, TokenError> {
+    if token.len() > MAX_TOKEN {
+        return Err(TokenError::Malformed("too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("not three dot-separated parts"));
+    };
+    let decode = |p: &str, what| {
+        URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| TokenError::Malformed(what))
+    };
+    let header: Value = serde_json::from_slice(&decode(h, "header is not base64url")?)
+        .map_err(|_| TokenError::Malformed("header is not JSON"))?;
+    let alg = header["alg"].as_str().unwrap_or_default();
+    if alg != "ES256" {
+        return Err(TokenError::Algorithm(alg.to_owned()));
+    }
+    let sig = Signature::from_slice(&decode(s, "signature is not base64url")?)
+        .map_err(|_| TokenError::Signature)?;
+    key.verify(token[..h.len() + 1 + c.len()].as_bytes(), &sig)
+        .map_err(|_| TokenError::Signature)?;
+    let claims: Value = serde_json::from_slice(&decode(c, "claims are not base64url")?)
+        .map_err(|_| TokenError::Malformed("claims are not JSON"))?;
+    let exp = claims["exp"]
+        .as_u64()
+        .ok_or(TokenError::Malformed("no exp claim"))?;
+    if now >= exp {
+        return Err(TokenError::Expired { exp, now });
+    }
+    Ok(claims)
+}
+
+/// The TEE public key a token's resources are to be encrypted to.
+pub fn tee_pubkey(claims: &Value) -> Result<kbs_types::TeePubKey, TokenError> {
+    let v = claims
+        .pointer("/submods/cpu0/ear.veraison.annotated-evidence/runtime_data_claims/tee-pubkey")
+        .ok_or(TokenError::NoTeeKey)?;
+    serde_json::from_value(v.clone()).map_err(|_| TokenError::NoTeeKey)
+}
