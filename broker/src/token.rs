@@ -9,7 +9,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
@@ -143,7 +142,7 @@ pub fn verify_with(key: &VerifyingKey, token: &str, now: u64) -> Result<Value, T
     }
     let sig = Signature::from_slice(&decode(s, "signature is not base64url")?)
         .map_err(|_| TokenError::Signature)?;
-    key.verify(token[..h.len() + 1 + c.len()].as_bytes(), &sig)
+    key.verify(&token.as_bytes()[..h.len() + 1 + c.len()], &sig)
         .map_err(|_| TokenError::Signature)?;
     let claims: Value = serde_json::from_slice(&decode(c, "claims are not base64url")?)
         .map_err(|_| TokenError::Malformed("claims are not JSON"))?;
