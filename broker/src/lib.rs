@@ -6,7 +6,8 @@
 //! This slice has the parts the server stands on: the resource path rule
 //! ([`resource_path`]), the crash-safe store of resources, reference values and
 //! policies ([`store`]), admin authentication ([`admin_token`]), the EAR-shaped
-//! attestation token ([`token`]) and the Rego resource policy ([`policy`]). The HTTP server,
+//! attestation token ([`token`]), the Rego resource policy ([`policy`]) and RCAR
+//! sessions ([`session`]). The HTTP server,
 //! verification and release arrive next in the key-release issue; until then no command
 //! offers the broker.
 #![deny(missing_docs)]
@@ -15,5 +16,6 @@
 pub mod admin_token;
 pub mod policy;
 pub mod resource_path;
+pub mod session;
 pub mod store;
 pub mod token;
