@@ -37,7 +37,8 @@ pub enum Command {
     /// Attest a running guest: bind its AK to its EK, verify a fresh quote and its
     /// event logs, and check the PCRs against the image's reference values.
     Attest(commands::attest::AttestArgs),
-    /// Boot, show the healthy agent and its verified measurements, power off.
+    /// Predict the PCRs, boot, show the healthy agent and its verified measurements,
+    /// attest it against the prediction, power off.
     Demo(commands::demo::DemoArgs),
     /// Fetch and verify the pinned SEV-SNP and TDX firmware; show its metadata.
     Firmware(commands::firmware::FirmwareArgs),
