@@ -177,16 +177,9 @@ fn az_quote(q: crate::tpm::TpmQuote) -> AzTpmQuote {
     }
 }
 
-fn padded(nonce: &[u8]) -> [u8; 64] {
-    let mut report_data = [0u8; 64];
-    let n = nonce.len().min(64);
-    report_data[..n].copy_from_slice(&nonce[..n]);
-    report_data
-}
-
 /// `az-tdx-vtpm` evidence for `nonce`.
 pub fn tdx_evidence(tcti: &str, nonce: &[u8]) -> Result<AzTdxEvidence, AzAttesterError> {
-    let hcl = hcl_report(tcti, &padded(nonce))?;
+    let hcl = hcl_report(tcti, &super::nonce_report_data(nonce))?;
     let parsed = super::parse_hcl_report(&hcl)
         .map_err(|e| AzAttesterError::NotAzure(format!("HCL report: {e}")))?;
     if parsed.kind != super::HardwareReport::Tdx {
@@ -206,7 +199,7 @@ pub fn tdx_evidence(tcti: &str, nonce: &[u8]) -> Result<AzTdxEvidence, AzAtteste
 
 /// `az-snp-vtpm` evidence for `nonce`.
 pub fn evidence(tcti: &str, nonce: &[u8]) -> Result<AzSnpEvidence, AzAttesterError> {
-    let hcl = hcl_report(tcti, &padded(nonce))?;
+    let hcl = hcl_report(tcti, &super::nonce_report_data(nonce))?;
     let q = quote_persistent(tcti, AK_HANDLE, nonce)?;
     Ok(AzSnpEvidence {
         version: 2,

@@ -20,6 +20,15 @@ pub const REPORT_DATA_NV_INDEX: u32 = 0x0140_0002;
 /// Persistent handle of the vTPM attestation key the HCL vouches for.
 pub const AK_HANDLE: u32 = 0x8100_0003;
 
+/// The report data the guest writes for `nonce` (and the HCL's `user-data` then
+/// shows): the nonce, cut or zero-padded to 64 bytes.
+pub fn nonce_report_data(nonce: &[u8]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    let n = nonce.len().min(64);
+    out[..n].copy_from_slice(&nonce[..n]);
+    out
+}
+
 /// Evidence of the `az-snp-vtpm` TEE, in Trustee's version-2 shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzSnpEvidence {

@@ -8,7 +8,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rsa::pkcs8::EncodePublicKey as _;
 use rsa::{BigUint, RsaPublicKey};
 
-use super::{AzSnpEvidence, AzTdxEvidence, AzTpmQuote, HardwareReport, HclError, parse_hcl_report};
+use super::{
+    AzSnpEvidence, AzTdxEvidence, AzTpmQuote, HardwareReport, HclError, HclReport, parse_hcl_report,
+};
 use crate::snp::verifier::{SnpPolicy, SnpVerifyError, VerifiedSnp, verify_snp};
 use crate::snp::{CertTableEntry, CertType, SnpEvidence, SnpParseError, parse_report};
 use crate::tdx::verifier::{QuoteCollateralV3, TdxPolicy, TdxVerifyError, VerifiedTd, verify_tdx};
@@ -79,6 +81,35 @@ pub struct VerifiedAzSnp {
     pub user_data: Option<String>,
 }
 
+fn b64url(field: &'static str, v: &str) -> Result<Vec<u8>, AzVerifyError> {
+    URL_SAFE_NO_PAD
+        .decode(v.trim_end_matches('='))
+        .map_err(|_| AzVerifyError::Base64(field))
+}
+
+/// The hardware report's report data must be the hash of the HCL variable data.
+fn check_binding(hcl: &HclReport) -> Result<(), AzVerifyError> {
+    let expected = hcl.expected_report_data();
+    if hcl.report_data() != expected {
+        return Err(AzVerifyError::Binding {
+            expected: hex::encode(expected),
+            actual: hex::encode(hcl.report_data()),
+        });
+    }
+    Ok(())
+}
+
+/// The HCL's attestation key, as DER SubjectPublicKeyInfo.
+fn ak_der(hcl: &HclReport) -> Result<Vec<u8>, AzVerifyError> {
+    let (n, e) = hcl.ak_rsa()?;
+    let ak = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+        .map_err(|_| AzVerifyError::Ak)?;
+    Ok(ak
+        .to_public_key_der()
+        .map_err(|_| AzVerifyError::Ak)?
+        .into_vec())
+}
+
 /// Verify `evidence` for `nonce`. `policy.report_data` is ignored: on Azure the report
 /// data is the HCL's, and freshness comes from the quote's nonce.
 pub fn verify_az_snp(
@@ -86,11 +117,6 @@ pub fn verify_az_snp(
     nonce: &[u8],
     policy: &SnpPolicy,
 ) -> Result<VerifiedAzSnp, AzVerifyError> {
-    let b64url = |field: &'static str, v: &str| {
-        URL_SAFE_NO_PAD
-            .decode(v.trim_end_matches('='))
-            .map_err(|_| AzVerifyError::Base64(field))
-    };
     let hcl_bytes = b64url("hcl_report", &evidence.hcl_report)?;
     let vcek = b64url("vcek", &evidence.vcek)?;
     let (snp, ak_der, user_data) = verify_hcl_snp(&hcl_bytes, &vcek, policy)?;
@@ -122,20 +148,8 @@ pub fn verify_hcl_snp(
     };
     // The binding first: it needs no key, and a report over other data is refused
     // before anything else is looked at.
-    let expected = hcl.expected_report_data();
-    if hcl.report_data() != expected {
-        return Err(AzVerifyError::Binding {
-            expected: hex::encode(expected),
-            actual: hex::encode(hcl.report_data()),
-        });
-    }
-    let (n, e) = hcl.ak_rsa()?;
-    let ak = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
-        .map_err(|_| AzVerifyError::Ak)?;
-    let ak_der = ak
-        .to_public_key_der()
-        .map_err(|_| AzVerifyError::Ak)?
-        .into_vec();
+    check_binding(&hcl)?;
+    let ak_der = ak_der(&hcl)?;
     let mut policy = policy.clone();
     policy.report_data = None;
     let verified_snp = verify_snp(&snp, &policy)?;
@@ -181,10 +195,7 @@ fn verify_hcl_quote(
     // The guest writes the nonce to NV 0x01400002 before reading the HCL report, so the
     // report itself is fresh too (Trustee checks the same).
     if let Some(actual) = &user_data {
-        let mut padded = [0u8; 64];
-        let n = nonce.len().min(64);
-        padded[..n].copy_from_slice(&nonce[..n]);
-        let expected = hex::encode(padded);
+        let expected = hex::encode(super::nonce_report_data(nonce));
         if !actual.eq_ignore_ascii_case(&expected) {
             return Err(AzVerifyError::UserData {
                 expected,
@@ -217,20 +228,9 @@ pub fn verify_az_tdx(
     now_secs: u64,
     policy: &TdxPolicy,
 ) -> Result<VerifiedAzTdx, AzVerifyError> {
-    let b64url = |field: &'static str, v: &str| {
-        URL_SAFE_NO_PAD
-            .decode(v.trim_end_matches('='))
-            .map_err(|_| AzVerifyError::Base64(field))
-    };
     let hcl = parse_hcl_report(&b64url("hcl_report", &evidence.hcl_report)?)?;
     let (mrtd, rtmr) = hcl.td_registers().ok_or(AzVerifyError::NotTdx)?;
-    let expected = hcl.expected_report_data();
-    if hcl.report_data() != expected {
-        return Err(AzVerifyError::Binding {
-            expected: hex::encode(expected),
-            actual: hex::encode(hcl.report_data()),
-        });
-    }
+    check_binding(&hcl)?;
     let mut policy = policy.clone();
     policy.report_data = Some(hcl.report_data());
     let td = verify_tdx(
@@ -242,13 +242,7 @@ pub fn verify_az_tdx(
     if td.mrtd != mrtd || td.rtmr != rtmr {
         return Err(AzVerifyError::TdReportMismatch);
     }
-    let (n, e) = hcl.ak_rsa()?;
-    let ak = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
-        .map_err(|_| AzVerifyError::Ak)?;
-    let ak_der = ak
-        .to_public_key_der()
-        .map_err(|_| AzVerifyError::Ak)?
-        .into_vec();
+    let ak_der = ak_der(&hcl)?;
     let (quote, user_data) =
         verify_hcl_quote(&evidence.tpm_quote, &ak_der, hcl.user_data(), nonce)?;
     Ok(VerifiedAzTdx {

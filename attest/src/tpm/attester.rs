@@ -127,12 +127,7 @@ impl TpmAttester {
         let ek_public = ctx.read_public(ek_handle).map_err(tpm("ReadPublic EK"));
         let _ = ctx.flush_context(ek_handle.into());
         let (ek_public, _, _) = ek_public?;
-        let ek_cert = ek::retrieve_ek_pubcert(
-            &mut ctx,
-            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
-        )
-        .ok()
-        .map(|der| STANDARD.encode(der));
+        let ek_cert = ek_cert(&mut ctx);
         Ok(AkIdentity {
             ek_cert,
             ek_public: STANDARD.encode(spki_der(ek_public)?),
@@ -230,10 +225,7 @@ impl TpmAttester {
         nonce: &[u8],
     ) -> Result<TpmEvidence, AttesterError> {
         let tpm_quote = quote_pcrs(ctx, ak_handle, nonce)?;
-        let ek_cert =
-            ek::retrieve_ek_pubcert(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048))
-                .ok()
-                .map(|der| STANDARD.encode(der));
+        let ek_cert = ek_cert(ctx);
         Ok(TpmEvidence {
             ak_public: STANDARD.encode(spki_der(self.ak_public.clone())?),
             tpm_quote,
@@ -315,6 +307,13 @@ impl TpmAttester {
         )
         .map_err(tpm("load AK"))
     }
+}
+
+/// The RSA EK certificate from the TPM's NV (standard base64), when it has one.
+fn ek_cert(ctx: &mut Context) -> Option<String> {
+    ek::retrieve_ek_pubcert(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048))
+        .ok()
+        .map(|der| STANDARD.encode(der))
 }
 
 fn create_ek(ctx: &mut Context) -> Result<KeyHandle, AttesterError> {
