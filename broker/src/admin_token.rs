@@ -106,3 +106,57 @@ impl AdminKey {
         Ok(())
     }
 }
+
+/// Signs admin tokens (the `cvm broker` admin commands' side).
+pub struct AdminSigner(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for AdminSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminSigner(..)")
+    }
+}
+
+impl AdminSigner {
+    /// A fresh key.
+    pub fn generate() -> Self {
+        Self(ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// From a PEM `PRIVATE KEY` (PKCS#8) holding an Ed25519 key.
+    pub fn from_pem(pem: &str) -> Result<Self, AdminTokenError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+        ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map(Self)
+            .map_err(|_| AdminTokenError::Key)
+    }
+
+    /// The private key as PKCS#8 PEM (for the key file).
+    pub fn to_pem(&self) -> Result<zeroize::Zeroizing<String>, AdminTokenError> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        self.0
+            .to_pkcs8_pem(Default::default())
+            .map_err(|_| AdminTokenError::Key)
+    }
+
+    /// The public key as SubjectPublicKeyInfo PEM (what the broker is started with).
+    pub fn public_pem(&self) -> Result<String, AdminTokenError> {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        self.0
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .map_err(|_| AdminTokenError::Key)
+    }
+
+    /// A token valid from `now` for `lifetime` seconds.
+    pub fn token(&self, now: u64, lifetime: u64) -> String {
+        use ed25519_dalek::Signer as _;
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let claims = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"iat":{now},"exp":{}}}"#,
+            now.saturating_add(lifetime)
+        ));
+        let signed = format!("{header}.{claims}");
+        let sig = self.0.sign(signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+}

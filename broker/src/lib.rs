@@ -3,19 +3,31 @@
 //! Trust-chain place: the relying party. It verifies guest evidence against reference
 //! values before it releases any resource.
 //!
-//! This slice has the parts the server stands on: the resource path rule
-//! ([`resource_path`]), the crash-safe store of resources, reference values and
-//! policies ([`store`]), admin authentication ([`admin_token`]), the EAR-shaped
-//! attestation token ([`token`]), the Rego resource policy ([`policy`]) and RCAR
-//! sessions ([`session`]). The HTTP server,
-//! verification and release arrive next in the key-release issue; until then no command
-//! offers the broker.
+//! - [`kbs`]: the protocol endpoints (`/auth`, `/attest`, `/resource`), free of HTTP;
+//!   [`verify`] checks evidence per TEE, [`appraise`] compares PCRs with references.
+//! - [`admin`]: resources, the resource policy and reference values, behind
+//!   [`admin_token`]s.
+//! - [`server`] (HTTP/1.1, rustls via [`tls`]) and [`command`] (`serve`).
+//! - State: [`state`], [`session`]s, the [`store`], [`policy`] (Rego), [`reference`]
+//!   values, the [`token`] it issues, the [`audit`] log; errors in Trustee's shape
+//!   ([`error`]).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admin_token;
+pub mod appraise;
+pub mod audit;
+pub mod command;
+pub mod error;
+pub mod kbs;
 pub mod policy;
+pub mod reference;
 pub mod resource_path;
+pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
+pub mod tls;
 pub mod token;
+pub mod verify;

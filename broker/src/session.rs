@@ -5,10 +5,11 @@
 //! is bounded so a flood of `/auth` calls cannot exhaust memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use cvm_attest::tpm::verifier::AkChallenge;
 use rand_core::{OsRng, RngCore as _};
 
 /// How long a session lives, seconds (Trustee's default: 5 minutes).
@@ -40,7 +41,7 @@ pub enum SessionError {
 }
 
 /// One session's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Session {
     /// The TEE named in `/auth`.
     pub tee: String,
@@ -48,6 +49,8 @@ pub struct Session {
     pub nonce: String,
     /// When it expires, seconds since the epoch.
     pub expires: u64,
+    /// The credential challenge sent for the guest's AK (`tpm`), if any.
+    pub ak_challenge: Option<Arc<AkChallenge>>,
     /// The token issued by `/attest`, once attested.
     pub token: Option<String>,
 }
@@ -77,8 +80,14 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Open a session for `tee` at `now`: its id and nonce.
-    pub fn open(&self, tee: &str, now: u64) -> Result<(String, String), SessionError> {
+    /// Open a session for `tee` at `now`, remembering the AK challenge sent with its
+    /// nonce: its id and nonce.
+    pub fn open(
+        &self,
+        tee: &str,
+        ak_challenge: Option<AkChallenge>,
+        now: u64,
+    ) -> Result<(String, String), SessionError> {
         let mut map = self.lock();
         if map.len() >= self.max {
             map.retain(|_, s| s.expires > now);
@@ -98,6 +107,7 @@ impl Sessions {
                 tee: tee.to_owned(),
                 nonce: nonce.clone(),
                 expires: now + self.lifetime,
+                ak_challenge: ak_challenge.map(Arc::new),
                 token: None,
             },
         );
@@ -154,16 +164,22 @@ mod tests {
     #[test]
     fn a_session_answers_its_nonce_once() {
         let s = Sessions::new(300, 10);
-        let (id, nonce) = s.open("tpm", 1000).unwrap();
+        let (id, nonce) = s.open("tpm", None, 1000).unwrap();
         assert_eq!(STANDARD.decode(&nonce).unwrap().len(), 32);
         assert_eq!(id.len(), 32);
         assert_eq!(s.token(&id, 1001), Err(SessionError::NotAttested));
-        assert_eq!(s.challenge(&id, "other", 1001), Err(SessionError::Nonce));
+        assert_eq!(
+            s.challenge(&id, "other", 1001).unwrap_err(),
+            SessionError::Nonce
+        );
         assert_eq!(s.challenge(&id, &nonce, 1001).unwrap().tee, "tpm");
         s.attested(&id, "tok".into(), 1002).unwrap();
         assert_eq!(s.token(&id, 1003).unwrap(), "tok");
         // The same nonce again: a replay.
-        assert_eq!(s.challenge(&id, &nonce, 1004), Err(SessionError::Reused));
+        assert_eq!(
+            s.challenge(&id, &nonce, 1004).unwrap_err(),
+            SessionError::Reused
+        );
         assert_eq!(
             s.attested(&id, "again".into(), 1004),
             Err(SessionError::Reused)
@@ -173,14 +189,17 @@ mod tests {
     #[test]
     fn expiry_unknown_and_bound() {
         let s = Sessions::new(300, 2);
-        let (a, nonce) = s.open("tpm", 1000).unwrap();
-        assert_eq!(s.challenge(&a, &nonce, 1300), Err(SessionError::Expired));
+        let (a, nonce) = s.open("tpm", None, 1000).unwrap();
+        assert_eq!(
+            s.challenge(&a, &nonce, 1300).unwrap_err(),
+            SessionError::Expired
+        );
         assert_eq!(s.token("nope", 1000), Err(SessionError::Unknown));
-        s.open("tpm", 1000).unwrap();
-        assert_eq!(s.open("tpm", 1100), Err(SessionError::Full));
+        s.open("tpm", None, 1000).unwrap();
+        assert_eq!(s.open("tpm", None, 1100), Err(SessionError::Full));
         // Expired sessions make room.
-        assert!(s.open("tpm", 1300).is_ok());
-        let (x, y) = (s.open("snp", 1301), s.open("snp", 1302));
+        assert!(s.open("tpm", None, 1300).is_ok());
+        let (x, y) = (s.open("snp", None, 1301), s.open("snp", None, 1302));
         assert!(x.is_ok() && y.is_err());
     }
 }

@@ -64,6 +64,8 @@ pub struct Appraisal {
     pub runtime_data: Value,
     /// The init-data digest, if any, hex.
     pub init_data: Option<String>,
+    /// The init-data's `[data]` table, if any.
+    pub init_data_claims: Option<Value>,
     /// `affirming`, `warning`, `contraindicated` (AR4SI).
     pub status: &'static str,
 }
@@ -90,6 +92,9 @@ impl TokenKey {
         annotated.insert("runtime_data_claims".into(), appraisal.runtime_data.clone());
         if let Some(d) = &appraisal.init_data {
             annotated.insert("init_data".into(), json!(d));
+        }
+        if let Some(c) = &appraisal.init_data_claims {
+            annotated.insert("init_data_claims".into(), c.clone());
         }
         let claims = json!({
             "eat_profile": EAT_PROFILE,

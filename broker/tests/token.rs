@@ -20,6 +20,7 @@ fn appraisal() -> Appraisal {
             "tee-pubkey": {"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "AA", "y": "AA"},
         }),
         init_data: None,
+        init_data_claims: None,
         status: "affirming",
     }
 }

@@ -4,18 +4,8 @@
 use cvm_attest::{EventKind, HashAlg};
 use cvm_image::Manifest;
 use cvm_proto::agent::EventLogResponse;
-use serde::Serialize;
 
-/// One check and its result.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Whether it held.
-    pub ok: bool,
-    /// Details: the compared values.
-    pub detail: String,
-}
+pub use cvm_broker::appraise::Check;
 
 /// Run every check; the caller decides what a failure means.
 pub fn check_eventlog(resp: &EventLogResponse, manifest: Option<&Manifest>) -> Vec<Check> {

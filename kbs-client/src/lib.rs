@@ -4,12 +4,17 @@
 //! Trust-chain place: inside the guest TCB; it carries evidence out and key material in.
 //! Key material only ever exists in memory, is zeroised on drop, and is never logged.
 //!
-//! This slice has the parts a handshake is made of: the report-data rule
-//! ([`report_data`]), the TEE key the broker encrypts to ([`tee_key`]) and JWE
-//! decryption ([`jwe`]). The HTTP flow arrives next in the key-release issue.
+//! - [`client`]: the handshake and resource fetch, over [`http`] (rustls, pinned CA).
+//! - [`attester`]: what a TEE contributes (`tpm` with feature `tpm`; `sample` for dev).
+//! - The wire rules: [`report_data`] (JCS + SHA-384), [`tee_key`] and [`jwe`],
+//!   [`initdata`] (TOML and its digest).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod attester;
+pub mod client;
+pub mod http;
+pub mod initdata;
 pub mod jwe;
 pub mod report_data;
 pub mod tee_key;

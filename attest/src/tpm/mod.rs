@@ -72,3 +72,23 @@ pub struct ActivationResponse {
     /// The secret, standard base64.
     pub secret: String,
 }
+
+/// `tpm` evidence as a cvm guest sends it over the KBS protocol: Trustee's fields, plus
+/// optional ones a Trustee verifier ignores: the answer to the broker's credential
+/// challenge (which binds the fresh AK to an endorsed TPM without prior enrolment) and
+/// the two event logs, so a refusal can name the event that differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcarTpmEvidence {
+    /// Trustee's `tpm` evidence.
+    #[serde(flatten)]
+    pub base: TpmEvidence,
+    /// The secret the TPM recovered from the broker's challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak_activation: Option<ActivationResponse>,
+    /// The firmware's TCG PC Client event log, standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_log: Option<String>,
+    /// The runtime event log, which replays to the runtime PCR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_log: Option<crate::EventLog>,
+}

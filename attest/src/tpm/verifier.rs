@@ -263,10 +263,17 @@ pub fn challenge_ak(
 impl AkChallenge {
     /// Check the guest's answer: the AK is trusted only if the TPM recovered the secret.
     pub fn finish(self, response: &ActivationResponse) -> Result<TrustedAk, TpmVerifyError> {
+        self.check(response)?;
+        Ok(self.ak)
+    }
+
+    /// [`AkChallenge::finish`] for a verifier that keeps the challenge (a broker session):
+    /// the AK it vouches for once the answer is right.
+    pub fn check(&self, response: &ActivationResponse) -> Result<&TrustedAk, TpmVerifyError> {
         let got = b64("secret", &response.secret)?;
         if got != self.secret {
             return Err(TpmVerifyError::ActivationFailed);
         }
-        Ok(self.ak)
+        Ok(&self.ak)
     }
 }
