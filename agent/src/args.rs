@@ -19,13 +19,19 @@ pub struct AgentArgs {
     pub eventlog: PathBuf,
     /// TCTI of the TPM that quotes (`--tpm`), or `off`.
     pub tpm: Option<String>,
+    /// The memfd PID1 handed the released secrets in (`--secrets-fd N`).
+    pub secrets_fd: Option<i32>,
+    /// The mounted encrypted state volume (`--state-dir PATH`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Arguments that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgsError {
     /// An argument the agent does not know.
-    #[error("unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off)")]
+    #[error(
+        "unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off, --secrets-fd N, --state-dir PATH)"
+    )]
     Unknown(String),
     /// A flag without its value.
     #[error("argument {0} needs a value")]
@@ -33,6 +39,9 @@ pub enum ArgsError {
     /// `--listen` is not `IP:PORT`.
     #[error("--listen {0}: expected IP:PORT")]
     BadListen(String),
+    /// `--secrets-fd` is not a descriptor number above stderr.
+    #[error("--secrets-fd {0}: expected a descriptor number above 2")]
+    BadFd(String),
 }
 
 impl AgentArgs {
@@ -41,6 +50,8 @@ impl AgentArgs {
         let mut listen = DEFAULT_LISTEN.to_owned();
         let mut eventlog = PathBuf::from(DEFAULT_EVENTLOG);
         let mut tpm = Some(DEFAULT_TPM.to_owned());
+        let mut secrets_fd = None;
+        let mut state_dir = None;
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -55,6 +66,22 @@ impl AgentArgs {
                     let v = it.next().ok_or(ArgsError::MissingValue("--tpm"))?;
                     tpm = (v != "off").then_some(v);
                 }
+                "--secrets-fd" => {
+                    let v = it.next().ok_or(ArgsError::MissingValue("--secrets-fd"))?;
+                    secrets_fd = Some(
+                        v.parse::<i32>()
+                            .ok()
+                            .filter(|n| *n > 2)
+                            .ok_or(ArgsError::BadFd(v))?,
+                    );
+                }
+                "--state-dir" => {
+                    state_dir = Some(
+                        it.next()
+                            .ok_or(ArgsError::MissingValue("--state-dir"))?
+                            .into(),
+                    )
+                }
                 _ => return Err(ArgsError::Unknown(arg)),
             }
         }
@@ -63,6 +90,8 @@ impl AgentArgs {
             listen,
             eventlog,
             tpm,
+            secrets_fd,
+            state_dir,
         })
     }
 }
@@ -98,6 +127,15 @@ mod tests {
         assert_eq!(
             parse(&["--listen", "8080"]),
             Err(ArgsError::BadListen("8080".into()))
+        );
+        assert_eq!(
+            parse(&["--secrets-fd", "1"]),
+            Err(ArgsError::BadFd("1".into()))
+        );
+        let a = parse(&["--secrets-fd", "7", "--state-dir", "/var/lib/cvm"]).unwrap();
+        assert_eq!(
+            (a.secrets_fd, a.state_dir.as_deref()),
+            (Some(7), Some(std::path::Path::new("/var/lib/cvm")))
         );
     }
 }

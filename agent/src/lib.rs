@@ -10,12 +10,14 @@
 //!
 //! Non-goals: no shell, no remote command execution.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod args;
 pub mod attestation;
 pub mod measurements;
+pub mod secrets;
+mod sys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,10 +37,19 @@ pub struct AgentState {
     pub sysfs: PathBuf,
     /// Evidence for verifiers.
     pub attestation: Arc<attestation::Attestation>,
+    /// The secrets PID1 released from the broker.
+    pub secrets: secrets::SecretStore,
+    /// The mounted encrypted state volume, if any.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Serve until SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let secrets = match args.secrets_fd {
+        Some(fd) => secrets::SecretStore::from_fd(fd)?,
+        None => secrets::SecretStore::default(),
+    };
+    info!(secrets = ?secrets, "secrets received");
     let listener = TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     let sysfs = PathBuf::from("/sys");
@@ -50,6 +61,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         )),
         eventlog: args.eventlog,
         sysfs,
+        secrets,
+        state_dir: args.state_dir,
     });
     let mut term = signal(SignalKind::terminate())?;
     println!("{}{local}", cvm_proto::console::AGENT_READY);

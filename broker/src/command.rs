@@ -41,10 +41,10 @@ pub struct ServeArgs {
     /// folder (`admin.key`, `admin.pub`).
     #[arg(long)]
     pub admin_public_key: Option<PathBuf>,
-    /// CA bundle (PEM) that signs TPM EK certificates [default for `cvm`: the swtpm
-    /// local CA].
-    #[arg(long)]
-    pub ek_ca: Option<PathBuf>,
+    /// CA bundle (PEM) that signs TPM EK certificates (repeatable) [`cvm broker serve`
+    /// default: the swtpm local CA that `cvm run` uses].
+    #[arg(long = "ek-ca")]
+    pub ek_ca: Vec<PathBuf>,
     /// An AK (SubjectPublicKeyInfo, PEM or DER) trusted without a credential challenge
     /// (repeatable).
     #[arg(long = "trusted-ak")]
@@ -114,8 +114,53 @@ pub fn ensure_admin_key(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((key, public))
 }
 
-/// Start a broker and serve until SIGINT or SIGTERM.
-pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+/// A broker serving on a thread of its own.
+#[derive(Debug)]
+pub struct Background {
+    /// Where it listens and what to pin.
+    pub ready: Ready,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Background {
+    /// Stop serving and wait for the server thread.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown()
+    }
+
+    /// Wait until the server ends by itself (a signal, with `handle_signals`).
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("broker thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("broker thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Start a broker from `args` on its own thread; with `handle_signals` it also stops on
+/// SIGINT or SIGTERM.
+pub fn start(args: &ServeArgs, handle_signals: bool) -> anyhow::Result<Background> {
     let dir = args.dir.clone().unwrap_or_else(default_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let (admin_key, admin_public) = match &args.admin_public_key {
@@ -135,7 +180,6 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.insecure_allow_sample {
         tracing::warn!("the insecure sample TEE is accepted: development only");
     }
-
     let (tls, ca) = if args.insecure_http {
         (None, None)
     } else {
@@ -155,35 +199,65 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listen on {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let ready = Ready {
-            url: format!("{scheme}://{addr}"),
-            ca,
-            admin_key,
-            dir: dir.clone(),
-        };
-        if args.json {
-            println!("{}", serde_json::to_string(&ready)?);
-        } else {
-            println!("broker listening on {}", ready.url);
-            if let Some(ca) = &ready.ca {
-                println!("  CA to pin:  {}", ca.display());
-            }
-            if let Some(k) = &ready.admin_key {
-                println!("  admin key:  {}", k.display());
-            }
-            println!("  audit log:  {}", dir.join("audit.log").display());
-        }
-        tracing::info!(url = %ready.url, "broker ready");
-        crate::server::serve(listener, broker, tls, shutdown_signal()).await?;
-        tracing::info!("broker stopped");
-        anyhow::Ok(())
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let ready = Ready {
+        url: format!("{scheme}://{addr}"),
+        ca,
+        admin_key,
+        dir,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("cvm-broker".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let shutdown = async move {
+                    if handle_signals {
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = shutdown_signal() => {}
+                        }
+                    } else {
+                        let _ = stopped.await;
+                    }
+                };
+                crate::server::serve(listener, broker, tls, shutdown).await?;
+                tracing::info!("broker stopped");
+                anyhow::Ok(())
+            })
+        })
+        .context("start the broker thread")?;
+    tracing::info!(url = %ready.url, "broker ready");
+    Ok(Background {
+        ready,
+        stop: Some(stop),
+        thread: Some(thread),
     })
+}
+
+/// Start a broker and serve until SIGINT or SIGTERM.
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let background = start(&args, true)?;
+    let ready = &background.ready;
+    if args.json {
+        println!("{}", serde_json::to_string(ready)?);
+    } else {
+        println!("broker listening on {}", ready.url);
+        if let Some(ca) = &ready.ca {
+            println!("  CA to pin:  {}", ca.display());
+        }
+        if let Some(k) = &ready.admin_key {
+            println!("  admin key:  {}", k.display());
+        }
+        println!("  audit log:  {}", ready.dir.join("audit.log").display());
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    background.wait()
 }
 
 async fn shutdown_signal() {
@@ -192,7 +266,7 @@ async fn shutdown_signal() {
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        // Without signal handlers, serve until killed.
+        // Without signal handlers, serve until stopped.
         return std::future::pending().await;
     };
     tokio::select! {

@@ -24,9 +24,9 @@ pub struct BrokerConfig {
     pub dir: PathBuf,
     /// The admin public key (Ed25519 SubjectPublicKeyInfo PEM).
     pub admin_public_key: PathBuf,
-    /// CA bundle (PEM) that endorses TPM EK certificates; without it `tpm` AKs must be
-    /// pinned.
-    pub ek_ca: Option<PathBuf>,
+    /// CA bundles (PEM) that endorse TPM EK certificates; without any, `tpm` AKs must
+    /// be pinned.
+    pub ek_ca: Vec<PathBuf>,
     /// AKs trusted without a credential challenge (PEM or DER SubjectPublicKeyInfo).
     pub trusted_aks: Vec<PathBuf>,
     /// TDX collateral (dcap-qvl's JSON form) for offline quote verification.
@@ -43,7 +43,7 @@ impl BrokerConfig {
         Self {
             dir: dir.to_owned(),
             admin_public_key: admin_public_key.to_owned(),
-            ek_ca: None,
+            ek_ca: Vec::new(),
             trusted_aks: Vec::new(),
             tdx_collateral: None,
             allow_sample: false,
@@ -131,12 +131,18 @@ impl Broker {
         let admin_pem = read("admin public key", &config.admin_public_key)?;
         let admin_key = AdminKey::from_pem(&String::from_utf8_lossy(&admin_pem))
             .map_err(|e| invalid("admin public key", &config.admin_public_key, e))?;
-        let ek_trust = match &config.ek_ca {
-            Some(p) => Some(EkTrust::CaBundle(
-                EkCaBundle::from_pem(&read("EK CA bundle", p)?)
-                    .map_err(|e| invalid("EK CA bundle", p, e))?,
-            )),
-            None => None,
+        let ek_trust = if config.ek_ca.is_empty() {
+            None
+        } else {
+            let mut pem = Vec::new();
+            for p in &config.ek_ca {
+                pem.extend(read("EK CA bundle", p)?);
+                pem.push(b'\n');
+            }
+            let first = &config.ek_ca[0];
+            Some(EkTrust::CaBundle(
+                EkCaBundle::from_pem(&pem).map_err(|e| invalid("EK CA bundle", first, e))?,
+            ))
         };
         let mut trusted_aks = Vec::new();
         for p in &config.trusted_aks {

@@ -44,6 +44,10 @@ pub enum Command {
     Firmware(commands::firmware::FirmwareArgs),
     /// Compute reference values offline (vTPM PCRs, SEV-SNP launch digest, TDX MRTD).
     Measure(commands::measure::MeasureArgs),
+    /// Run the key broker, or administer it (resources, reference values, policy).
+    Broker(commands::broker::BrokerArgs),
+    /// Write the init-data (TOML) that points a guest at its broker.
+    Initdata(commands::initdata::InitdataArgs),
 }
 
 /// Run one command.
@@ -57,5 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => commands::demo::run(a),
         Command::Firmware(a) => commands::firmware::run(a),
         Command::Measure(a) => commands::measure::run(a),
+        Command::Broker(a) => commands::broker::run(a),
+        Command::Initdata(a) => commands::initdata::run(a),
     }
 }

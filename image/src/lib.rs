@@ -40,6 +40,21 @@ pub const GUEST_INIT: &str = "/init";
 pub const GUEST_AGENT: &str = "/usr/bin/cvm-agent";
 /// Guest path of PID1's configuration.
 pub const GUEST_INIT_CONFIG: &str = "/etc/cvm/init.json";
+/// Host tools PID1 runs to create and unlock the encrypted state volume, at the same
+/// path in the guest: (guest path, host candidates, Debian package).
+pub const STATE_TOOLS: &[(&str, &[&str], &str)] = &[
+    (
+        "/usr/sbin/cryptsetup",
+        &["/usr/sbin/cryptsetup", "/sbin/cryptsetup"],
+        "cryptsetup-bin",
+    ),
+    (
+        "/usr/sbin/mke2fs",
+        &["/usr/sbin/mke2fs", "/sbin/mke2fs"],
+        "e2fsprogs",
+    ),
+];
+
 /// Largest initramfs `initramfs_files` unpacks (the image's is about 12 MB).
 pub const MAX_INITRAMFS: usize = 512 << 20;
 
@@ -124,6 +139,14 @@ pub enum ImageError {
         what: &'static str,
         /// The file.
         path: PathBuf,
+    },
+    /// A tool the state volume needs is not installed on the build host.
+    #[error("{tool} is not installed (package {package}: run ./scripts/setup)")]
+    MissingTool {
+        /// The guest path of the tool.
+        tool: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
     },
     /// PID1's configuration is not JSON.
     #[error("PID1 configuration is not valid JSON")]
@@ -217,7 +240,23 @@ pub fn initramfs_archive(spec: &ImageSpec) -> Result<cpio::Archive, ImageError> 
             data: spec.init_config.clone(),
         },
     )?;
-    for lib in libs::resolve(&[&spec.init, &spec.agent])? {
+    let mut tools = Vec::new();
+    for (guest, candidates, package) in STATE_TOOLS {
+        let host = candidates
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .ok_or(ImageError::MissingTool {
+                tool: guest,
+                package,
+            })?;
+        let data = read_elf("state volume tool", host)?;
+        a.add(guest, Entry::File { mode: 0o755, data })?;
+        tools.push(host.to_owned());
+    }
+    let mut binaries: Vec<&Path> = vec![&spec.init, &spec.agent];
+    binaries.extend(tools.iter().map(PathBuf::as_path));
+    for lib in libs::resolve(&binaries)? {
         let data = read_input("shared library", &lib)?;
         let guest = lib.to_string_lossy().into_owned();
         a.add(&guest, Entry::File { mode: 0o755, data })?;

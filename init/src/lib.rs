@@ -14,10 +14,14 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod initdata;
 pub mod input;
+pub mod keys;
 pub mod measure;
 pub mod mounts;
 pub mod power;
+pub mod secrets;
+pub mod state;
 pub mod supervise;
 mod sys;
 
@@ -59,6 +63,18 @@ pub enum InitError {
     /// Supervision failed.
     #[error(transparent)]
     Supervise(#[from] supervise::SuperviseError),
+    /// The init-data is unusable or could not be bound.
+    #[error(transparent)]
+    InitData(#[from] initdata::InitDataErrorKind),
+    /// Key release failed (the broker's reason, or why it could not be reached).
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    /// The state volume could not be opened.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The secrets could not be handed over.
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
 }
 
 fn io(op: &'static str, path: &'static str) -> impl FnOnce(std::io::Error) -> InitError {
@@ -100,10 +116,83 @@ fn boot() -> Result<&'static str, InitError> {
     measure::measure_boot(&mut log, &config, CONFIG_PATH, &config_bytes)?;
     info!(records = log.log().records.len(), register = ?log.log().register, "boot measured");
 
-    let mut supervisor = supervise::Supervisor::new(&config)?;
-    let reason = supervisor.run()?;
+    let released = release_keys(&config, &log)?;
+    let mut supervisor = supervise::Supervisor::new(&config)?.with_args(released.agent_args());
+    let reason = supervisor.run();
+    if released.state_open {
+        state::close();
+    }
+    let reason = reason?;
     power::console(&format!("cvm-init: shutdown requested ({reason})"));
     Ok(reason)
+}
+
+/// What key release left for the rest of the boot.
+#[derive(Debug, Default)]
+struct Released {
+    /// Kept open (and inherited by the agent) for the whole boot.
+    secrets: Option<secrets::SecretsFd>,
+    state_open: bool,
+}
+
+impl Released {
+    fn agent_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(fd) = &self.secrets {
+            args.extend(["--secrets-fd".to_owned(), fd.raw().to_string()]);
+        }
+        if self.state_open {
+            args.extend(["--state-dir".to_owned(), state::STATE_MOUNT.to_owned()]);
+        }
+        args
+    }
+}
+
+/// With init-data: bind it, attest to its broker, open the state volume, hand the
+/// resources to the agent. Without: a stateless boot that holds no keys.
+fn release_keys(config: &Config, log: &RuntimeLog) -> Result<Released, InitError> {
+    let Some((body, data)) = initdata::read(std::path::Path::new(initdata::FW_CFG_INITDATA))?
+    else {
+        power::console("cvm-init: no init-data: no key release, no state volume");
+        return Ok(Released::default());
+    };
+    let settings = initdata::settings(&body, &data)?;
+    let platform = keys::detect();
+    let tcti = measure::tpm_tcti(config);
+    if platform == keys::Platform::Tpm {
+        let tcti = tcti.as_deref().ok_or(keys::KeyError::NoAttester(
+            "init-data needs a TPM to bind it to (PCR 8), and there is none".into(),
+        ))?;
+        initdata::bind_tpm(tcti, &data)?;
+    }
+    info!(digest = %hex::encode(&data.digest), broker = %settings.broker_url, "init-data bound");
+    let keys = keys::release(&settings, platform, tcti.as_deref(), log.log())?;
+    power::console(&format!(
+        "{}{}",
+        cvm_proto::console::INIT_KEYS_RELEASED,
+        settings.broker_url
+    ));
+    let mut state_open = false;
+    if let (Some(device), Some(key)) = (&settings.state_device, &keys.state_key) {
+        let volume = state::open(device, key)?;
+        state_open = true;
+        power::console(&format!(
+            "{}{} (boot {} of this volume)",
+            cvm_proto::console::INIT_STATE,
+            if volume.created {
+                "created"
+            } else {
+                "unlocked"
+            },
+            volume.record.boots
+        ));
+    }
+    // Created last: every child spawned from here on (only the agent) inherits it.
+    let secrets = secrets::SecretsFd::new(&keys.resources)?;
+    Ok(Released {
+        secrets: Some(secrets),
+        state_open,
+    })
 }
 
 fn init_logging(level: &str) {

@@ -62,6 +62,12 @@ pub fn open_register(config: &Config) -> Result<Box<dyn MeasurementRegister>, Me
     )?))
 }
 
+/// The TCTI of the guest TPM, when the configuration uses one and it is present.
+pub fn tpm_tcti(config: &Config) -> Option<String> {
+    (config.tpm != TpmMode::Off && Path::new(TPM_DEVICE).exists())
+        .then(|| format!("device:{TPM_DEVICE}"))
+}
+
 /// Built-in drivers usually probe before PID1 runs, but probing can be asynchronous.
 fn wait_for(path: &Path, limit: Duration) -> bool {
     let start = Instant::now();

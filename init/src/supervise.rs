@@ -72,6 +72,7 @@ pub struct Supervisor<'a> {
     agent: Option<Running>,
     failures: u32,
     next_start: Option<Instant>,
+    extra_args: Vec<String>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -89,7 +90,15 @@ impl<'a> Supervisor<'a> {
             agent: None,
             failures: 0,
             next_start: Some(Instant::now()),
+            extra_args: Vec::new(),
         })
+    }
+
+    /// Append `args` to the agent's configured arguments (what this boot produced:
+    /// the secrets descriptor, the state volume).
+    pub fn with_args(mut self, args: Vec<String>) -> Self {
+        self.extra_args = args;
+        self
     }
 
     /// Run until a shutdown is requested (returns its reason) or the agent cannot be
@@ -113,6 +122,7 @@ impl<'a> Supervisor<'a> {
         let mut cmd = Command::new(&self.config.agent_path);
         let child = crate::sys::unblock_signals_in_child(&mut cmd)
             .args(&self.config.agent_args)
+            .args(&self.extra_args)
             .env_clear()
             .env("RUST_LOG", &self.config.log)
             .spawn()

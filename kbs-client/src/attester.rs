@@ -7,6 +7,8 @@ use base64::engine::general_purpose::STANDARD;
 use kbs_types::Tee;
 use serde_json::{Value, json};
 
+#[cfg(any(feature = "snp", feature = "tdx"))]
+pub mod cc;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 

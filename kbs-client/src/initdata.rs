@@ -60,6 +60,47 @@ pub struct InitData {
     pub digest: Vec<u8>,
 }
 
+/// Render init-data for `data` (key, value) pairs, deterministically: the same pairs
+/// always give the same bytes, so a digest predicted on the host (`cvm measure
+/// --initdata`) is the one the guest binds. Multi-line values (PEM) become TOML
+/// multi-line literal strings.
+pub fn render(algorithm: &str, data: &[(&str, &str)]) -> Result<String, InitDataError> {
+    let mut out = format!("version = \"0.1.0\"\nalgorithm = \"{algorithm}\"\n\n[data]\n");
+    for (key, value) in data {
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !key_ok {
+            return Err(InitDataError::Invalid(format!("key {key:?}")));
+        }
+        let bad = |what: &str| InitDataError::Invalid(format!("value of {key}: {what}"));
+        if value.contains("'''") || value.contains('\r') {
+            return Err(bad("contains ''' or a carriage return"));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(bad("contains a control character"));
+        }
+        if value.contains('\n') {
+            // A newline right after the opening quotes is trimmed by TOML.
+            out.push_str(&format!("\"{key}\" = '''\n{value}'''\n"));
+        } else if value.contains('\'') {
+            return Err(bad("single-line values cannot contain '"));
+        } else {
+            out.push_str(&format!("\"{key}\" = '{value}'\n"));
+        }
+    }
+    let parsed = InitData::parse(&out)?;
+    for (key, value) in data {
+        if parsed.data.get(*key).map(String::as_str) != Some(*value) {
+            return Err(InitDataError::Invalid(format!(
+                "value of {key} does not round-trip"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 impl InitData {
     /// Parse `body` and compute its digest.
     pub fn parse(body: &str) -> Result<Self, InitDataError> {
@@ -119,6 +160,22 @@ mod tests {
         let wide = d.digest_as::<64>();
         assert_eq!(&wide[..48], &d.digest[..]);
         assert_eq!(wide[48..], [0u8; 16]);
+    }
+
+    #[test]
+    fn render_round_trips_and_is_deterministic() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let pairs = [
+            ("cvm.broker-url", "https://10.0.2.2:8443"),
+            ("cvm.broker-ca", pem),
+        ];
+        let a = render("sha384", &pairs).unwrap();
+        assert_eq!(a, render("sha384", &pairs).unwrap());
+        let d = InitData::parse(&a).unwrap();
+        assert_eq!(d.data["cvm.broker-ca"], pem);
+        assert!(render("sha384", &[("k", "a'''b\n")]).is_err());
+        assert!(render("sha384", &[("bad key", "v")]).is_err());
+        assert!(render("md5", &[("k", "v")]).is_err());
     }
 
     #[test]

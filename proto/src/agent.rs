@@ -63,3 +63,32 @@ pub struct AttestationEvidence {
     /// measured the boot into the TPM (`tpm` evidence).
     pub firmware_log: Option<String>,
 }
+
+/// The secrets PID1 hands the agent: the content of the `--secrets-fd` memfd.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// Resource path → standard base64 of its bytes.
+    pub resources: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values are keys.
+        f.debug_struct("Secrets")
+            .field("resources", &self.resources.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `GET /v1/state`: the appliance's persistent state and released secrets, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateStatus {
+    /// Whether an encrypted state volume is mounted.
+    pub mounted: bool,
+    /// PID1's record on the volume (`boots`, `uuid`), when mounted.
+    pub record: Option<serde_json::Value>,
+    /// The resources PID1 handed over (names only).
+    pub secrets: Vec<String>,
+}

@@ -12,6 +12,13 @@ pub const INIT_FATAL: &str = "cvm-init: fatal: ";
 /// `cvm-init: poweroff: ok (<reason>)`: an orderly shutdown completed.
 pub const INIT_POWEROFF_OK: &str = "cvm-init: poweroff: ok";
 
+/// `cvm-init: keys: released by <broker>`: attestation succeeded and the broker
+/// released the keys.
+pub const INIT_KEYS_RELEASED: &str = "cvm-init: keys: released by ";
+
+/// `cvm-init: state: created|unlocked (boot N of this volume)`.
+pub const INIT_STATE: &str = "cvm-init: state: ";
+
 /// `cvm-agent: ready <listen address>`: the agent accepts requests.
 pub const AGENT_READY: &str = "cvm-agent: ready ";
 

@@ -91,7 +91,14 @@ pub struct VmSpec {
     pub host_port: Option<u16>,
     /// QMP socket.
     pub qmp_socket: Option<PathBuf>,
+    /// Init-data (TOML) handed to the guest through fw_cfg as `opt/cvm/initdata`.
+    pub initdata: Option<PathBuf>,
+    /// Raw disk image for the guest's encrypted state (the first virtio disk).
+    pub state_disk: Option<PathBuf>,
 }
+
+/// The fw_cfg name the guest reads init-data from.
+pub const INITDATA_FW_CFG: &str = "opt/cvm/initdata";
 
 /// A VM description that cannot be turned into a command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -251,6 +258,18 @@ pub fn command_line(spec: &VmSpec) -> Result<Vec<String>, SpecError> {
             "tpm-crb,tpmdev=tpm0",
         ]);
     }
+    if let Some(disk) = &spec.state_disk {
+        let drive = format!(
+            "file={},if=none,id=state0,format=raw,cache=none,aio=threads",
+            path(disk)?
+        );
+        let device = format!("virtio-blk-pci,drive=state0{cc}");
+        push(&["-drive", &drive, "-device", &device]);
+    }
+    if let Some(initdata) = &spec.initdata {
+        let fw_cfg = format!("name={INITDATA_FW_CFG},file={}", path(initdata)?);
+        push(&["-fw_cfg", &fw_cfg]);
+    }
     if let Some(qmp) = &spec.qmp_socket {
         let qmp = format!("unix:{},server=on,wait=off", path(qmp)?);
         push(&["-qmp", &qmp]);
@@ -281,7 +300,30 @@ mod tests {
             tpm_socket: (platform == Platform::Qemu).then(|| "/run/swtpm.sock".into()),
             host_port: Some(18080),
             qmp_socket: Some("/run/qmp.sock".into()),
+            initdata: None,
+            state_disk: None,
         }
+    }
+
+    #[test]
+    fn initdata_and_state_disk() {
+        let mut s = spec(Platform::Qemu, Accel::Tcg);
+        s.initdata = Some("/run/initdata.toml".into());
+        s.state_disk = Some("/run/state.img".into());
+        let a = command_line(&s).unwrap();
+        assert!(has(
+            &a,
+            "-fw_cfg",
+            "name=opt/cvm/initdata,file=/run/initdata.toml"
+        ));
+        assert!(has(
+            &a,
+            "-drive",
+            "file=/run/state.img,if=none,id=state0,format=raw,cache=none,aio=threads"
+        ));
+        assert!(has(&a, "-device", "virtio-blk-pci,drive=state0"));
+        s.state_disk = Some("/run/a,b.img".into());
+        assert!(command_line(&s).is_err());
     }
 
     fn joined(spec: &VmSpec) -> String {

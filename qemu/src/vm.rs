@@ -51,6 +51,10 @@ pub struct VmOptions {
     pub serial_log: PathBuf,
     /// Echo the console to stderr as it arrives.
     pub echo: bool,
+    /// Init-data (TOML) for the guest, through fw_cfg.
+    pub initdata: Option<PathBuf>,
+    /// Raw disk image for the guest's encrypted state.
+    pub state_disk: Option<PathBuf>,
 }
 
 /// How the guest ended.
@@ -159,6 +163,8 @@ impl Vm {
             tpm_socket: swtpm.as_ref().map(|t| t.socket().to_owned()),
             host_port: Some(host_port),
             qmp_socket: Some(qmp.clone()),
+            initdata: opts.initdata.clone(),
+            state_disk: opts.state_disk.clone(),
         };
         let args = command_line(&spec)?;
         let log = fs::File::create(&opts.serial_log).map_err(io("create", &opts.serial_log))?;

@@ -4,6 +4,7 @@
 mod attestation;
 mod eventlog;
 mod healthz;
+mod state;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => healthz::get(),
         (&Method::GET, "/v1/eventlog") => eventlog::get(state),
+        (&Method::GET, "/v1/state") => state::get(state),
         (&Method::GET, "/v1/attestation/identity") => {
             attestation::identity(state.attestation.clone()).await
         }
@@ -79,6 +81,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
             _,
             "/healthz"
             | "/v1/eventlog"
+            | "/v1/state"
             | "/v1/attestation/identity"
             | "/v1/attestation/evidence"
             | "/v1/attestation/activate",

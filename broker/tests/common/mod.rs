@@ -47,7 +47,7 @@ pub fn start(opts: Options) -> TestBroker {
     let mut config = BrokerConfig::new(dir.path(), &admin_pub);
     config.allow_sample = opts.allow_sample;
     config.session_lifetime = opts.session_lifetime;
-    config.ek_ca = opts.ek_ca;
+    config.ek_ca = opts.ek_ca.into_iter().collect();
     let broker = Arc::new(Broker::open(config).unwrap());
     let files = TlsFiles::in_dir(dir.path());
     ensure_generated(&files, &[]).unwrap();

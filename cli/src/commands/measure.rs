@@ -58,6 +58,9 @@ pub struct MeasureArgs {
     /// Kernel command line [default: the image's, or empty when --kernel is given].
     #[arg(long)]
     pub append: Option<String>,
+    /// qemu: the init-data the guest is started with (`cvm initdata`); pins PCR 8.
+    #[arg(long, value_name = "PATH")]
+    pub initdata: Option<PathBuf>,
     /// Image folder whose kernel, initramfs and command line are measured by default.
     #[arg(long, default_value = paths::DEFAULT_IMAGE_DIR)]
     pub image: PathBuf,
@@ -88,6 +91,7 @@ impl MeasureArgs {
             kernel: None,
             initrd: None,
             append: None,
+            initdata: None,
             image,
             debs: Vec::new(),
             json: false,
@@ -294,7 +298,19 @@ pub fn qemu_reference(args: &MeasureArgs) -> anyhow::Result<QemuReference> {
         cmdline: &cmdline,
         memory_mib: args.memory,
     };
-    Ok(qemu::reference(&boot, files.as_ref())?)
+    let mut reference = qemu::reference(&boot, files.as_ref())?;
+    if let Some(path) = &args.initdata {
+        let body = std::fs::read_to_string(path)
+            .with_context(|| format!("read init-data {}", path.display()))?;
+        let data = cvm_kbs_client::initdata::InitData::parse(&body)
+            .with_context(|| format!("init-data {}", path.display()))?;
+        reference.pcrs.insert(
+            cvm_kbs_client::initdata::TPM_PCR,
+            hex::encode(data.tpm_pcr8()),
+        );
+        reference.inputs.initdata_digest = Some(hex::encode(&data.digest));
+    }
+    Ok(reference)
 }
 
 fn run_qemu(args: &MeasureArgs) -> anyhow::Result<()> {

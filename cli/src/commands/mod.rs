@@ -1,10 +1,12 @@
 //! One module per `cvm` subcommand.
 
 pub mod attest;
+pub mod broker;
 pub mod build;
 pub mod demo;
 pub mod eventlog;
 pub mod firmware;
+pub mod initdata;
 pub mod measure;
 pub mod run;
 pub mod status;

@@ -48,6 +48,36 @@ pub struct VmArgs {
     /// Firmware folder holding OVMF_CODE_4M.fd and OVMF_VARS_4M.fd.
     #[arg(long, default_value = cvm_ovmf::DEBIAN_OVMF_DIR)]
     pub firmware: PathBuf,
+    /// Init-data for the guest (`cvm initdata`): its broker, CA and keys. Without it
+    /// the guest boots stateless and holds no keys.
+    #[arg(long, value_name = "PATH")]
+    pub initdata: Option<PathBuf>,
+    /// Disk image for the guest's encrypted state (created empty, of --state-size, if
+    /// missing).
+    #[arg(long, value_name = "PATH")]
+    pub state_disk: Option<PathBuf>,
+    /// Size of a new state disk, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub state_size: u64,
+}
+
+/// Create an empty (sparse) state disk of `mib` MiB at `path` unless one exists.
+pub fn ensure_state_disk(path: &Path, mib: u64) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        (16..=1 << 20).contains(&mib),
+        "--state-size must be 16 MiB to 1 TiB"
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("create state disk {}", path.display()))?;
+    f.set_len(mib << 20)
+        .with_context(|| format!("size state disk {}", path.display()))?;
+    Ok(())
 }
 
 /// A started VM and the private folder its files live in.
@@ -78,6 +108,9 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
         .serial_log
         .clone()
         .unwrap_or_else(|| default_serial_log(&args.image));
+    if let Some(disk) = &args.state_disk {
+        ensure_state_disk(disk, args.state_size)?;
+    }
     let opts = VmOptions {
         accel: args.accel,
         cpus: args.cpus,
@@ -93,6 +126,8 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
         host_port: args.port,
         serial_log: serial_log.clone(),
         echo,
+        initdata: args.initdata.clone(),
+        state_disk: args.state_disk.clone(),
     };
     let vm = Vm::start(&opts)?;
     Ok(Booted {

@@ -220,6 +220,9 @@ pub struct QemuInputs {
     pub cmdline: String,
     /// Guest memory, MiB.
     pub memory_mib: u64,
+    /// The init-data digest (hex) whose PCR 8 value the reference pins, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initdata_digest: Option<String>,
 }
 
 /// Compute the reference values of a direct boot; `initramfs_files` are the initrd's
@@ -251,6 +254,7 @@ pub fn reference(
         events,
         runtime_events,
         inputs: QemuInputs {
+            initdata_digest: None,
             kernel_sha256: hex::encode(Sha256::digest(boot.kernel)),
             initrd_sha256: boot.initrd.map(|i| hex::encode(Sha256::digest(i))),
             cmdline: boot.cmdline.to_owned(),

@@ -102,7 +102,11 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 impl Guest {
     /// Start `cvm run --json` with `extra` arguments; does not wait for readiness.
     pub fn start(extra: &[&str]) -> Guest {
-        let image = image();
+        Guest::start_image(image(), extra)
+    }
+
+    /// [`Guest::start`] with another image folder.
+    pub fn start_image(image: &Path, extra: &[&str]) -> Guest {
         let mut child = Command::new(cvm_bin())
             .args([
                 "run",
@@ -136,7 +140,12 @@ impl Guest {
 
     /// Boot and wait for the agent; panics with `cvm run`'s output if it never comes.
     pub fn boot(extra: &[&str]) -> Guest {
-        let mut g = Guest::start(extra);
+        Guest::start(extra).wait_ready()
+    }
+
+    /// Wait for the agent's ready line (after [`Guest::start`]).
+    pub fn wait_ready(self) -> Guest {
+        let mut g = self;
         let prefix = "cvm: agent ready at http://";
         loop {
             match g.stderr.recv_timeout(BOOT_TIMEOUT) {
@@ -200,4 +209,74 @@ pub fn json_ok(o: &Output) -> Value {
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+/// A key broker started with `cvm broker serve --json` (stopped on drop).
+pub struct Broker {
+    child: Child,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The CA to pin.
+    pub ca: PathBuf,
+    /// The broker's folder.
+    pub dir: PathBuf,
+}
+
+impl Broker {
+    /// Serve from `dir` on a free loopback port.
+    pub fn start(dir: &Path) -> Broker {
+        let mut child = Command::new(cvm_bin())
+            .args([
+                "broker",
+                "serve",
+                "--json",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cvm broker serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the broker's ready line");
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("broker printed no ready line ({e}): {line:?}"));
+        Broker {
+            child,
+            url: ready["url"].as_str().expect("url").to_owned(),
+            ca: PathBuf::from(ready["ca"].as_str().expect("ca")),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The URL the guest uses (QEMU user networking: the host is 10.0.2.2).
+    pub fn guest_url(&self) -> String {
+        self.url.replace("127.0.0.1", "10.0.2.2")
+    }
+
+    /// Run `cvm broker <args>` against this broker (admin commands).
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = vec!["broker"];
+        full.extend_from_slice(args);
+        let dir = self.dir.to_str().expect("utf-8 path");
+        full.extend_from_slice(&["--url", &self.url, "--dir", dir]);
+        cvm(&full)
+    }
+
+    /// The audit log so far.
+    pub fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
 }

@@ -1,12 +1,14 @@
-//! The main job, `cvm demo`, end to end on the test image: it boots, verifies the
-//! event log, attests the guest against the PCRs it predicted, and powers off cleanly.
+//! The main job, `cvm demo`, end to end on the test image: it starts the broker,
+//! registers the predicted PCRs, boots; PID1 attests and receives the key to its
+//! encrypted state (created), the demo verifies the event log and attests the guest
+//! against the prediction, powers off, boots again (state unlocked), powers off.
 
 #![allow(clippy::unwrap_used)]
 
 use cvm_vm_tests::{cvm, enabled, image};
 
 #[test]
-fn demo_boots_attests_and_powers_off() {
+fn demo_releases_keys_attests_and_powers_off() {
     if !enabled() {
         return;
     }
@@ -23,6 +25,10 @@ fn demo_boots_attests_and_powers_off() {
         "[ok] PCR 4 = reference",
         "[ok] PCR 9 = reference",
         "[ok] PCR 15 = reference",
+        "[ok] PCR 8 = reference",
+        "[ok] state volume seen by boot 1",
+        "[ok] state volume seen by boot 2",
+        "\"outcome\":\"release\"",
         "== guest: PoweroffOk",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -1,0 +1,21 @@
+//! The one place in the agent that needs `unsafe`: taking ownership of the descriptor
+//! PID1 passed by number.
+#![allow(unsafe_code)]
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+/// Own the inherited descriptor `fd` (closed when the result drops).
+pub fn take_fd(fd: i32) -> anyhow::Result<OwnedFd> {
+    // SAFETY: fcntl(F_GETFD) takes any integer; on a number that is not open it fails
+    // with EBADF and has no other effect.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        anyhow::bail!(
+            "--secrets-fd {fd} is not an open descriptor: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: `fd` is open (checked above) and PID1 passed it to this process for it
+    // alone; `take_fd` runs once at start, before anything else could close or reuse the
+    // number, so the returned OwnedFd is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,148 @@
+//! Key release: PID1 proves the boot it measured to the broker named in the init-data
+//! and receives the state volume key and the resources the init-data lists. Keys only
+//! ever live in memory (zeroised on drop) and are never logged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use cvm_attest::EventLog;
+use cvm_kbs_client::attester::Attester;
+use cvm_kbs_client::client::{ClientConfig, ClientError, KbsClient};
+use cvm_kbs_client::http::BrokerTls;
+use tracing::info;
+use zeroize::Zeroizing;
+
+use crate::initdata::KeyRelease;
+
+/// Where the kernel publishes the firmware's TCG event log.
+pub const FIRMWARE_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+/// Per-request timeout.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts after the first when the broker is unreachable.
+pub const RETRIES: u32 = 5;
+/// First retry delay (doubling, capped at 8×: about 20 s of retries in all).
+pub const BACKOFF: Duration = Duration::from_millis(1000);
+
+/// The platform whose evidence PID1 sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// SEV-SNP (report data carries the runtime-data digest).
+    Snp,
+    /// TDX.
+    Tdx,
+    /// A TPM (the `qemu` platform's vTPM).
+    Tpm,
+}
+
+/// The platform this guest runs on: SNP or TDX hardware if present, else the TPM.
+pub fn detect() -> Platform {
+    if Path::new("/dev/sev-guest").exists() {
+        Platform::Snp
+    } else if Path::new("/dev/tdx_guest").exists() {
+        Platform::Tdx
+    } else {
+        Platform::Tpm
+    }
+}
+
+/// Key release that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The platform has no attester for it.
+    #[error("no attester for this platform: {0}")]
+    NoAttester(String),
+    /// The handshake or a fetch failed.
+    #[error("key release from {url} failed")]
+    Client {
+        /// The broker.
+        url: String,
+        /// Why (the broker's reason for a refusal).
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// What the broker released.
+pub struct Keys {
+    /// The state volume key.
+    pub state_key: Option<Zeroizing<Vec<u8>>>,
+    /// The resources for the agent, by path.
+    pub resources: BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("state_key", &self.state_key.as_ref().map(|_| ".."))
+            .field("resources", &self.resources.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn attester(
+    platform: Platform,
+    tcti: Option<&str>,
+    runtime_log: &EventLog,
+) -> Result<Box<dyn Attester>, KeyError> {
+    match platform {
+        Platform::Snp => Ok(Box::new(cvm_kbs_client::attester::cc::SnpAttester)),
+        Platform::Tdx => Ok(Box::new(cvm_kbs_client::attester::cc::TdxAttester)),
+        Platform::Tpm => {
+            let tcti = tcti.ok_or_else(|| {
+                KeyError::NoAttester("no SEV-SNP, TDX or TPM device to attest with".into())
+            })?;
+            let firmware = std::fs::read(FIRMWARE_LOG).ok();
+            let a = cvm_kbs_client::attester::tpm::TpmRcarAttester::new(
+                tcti,
+                firmware,
+                Some(runtime_log.clone()),
+            )
+            .map_err(KeyError::NoAttester)?;
+            Ok(Box::new(a))
+        }
+    }
+}
+
+/// Attest and fetch everything `settings` asks for.
+pub fn release(
+    settings: &KeyRelease,
+    platform: Platform,
+    tcti: Option<&str>,
+    runtime_log: &EventLog,
+) -> Result<Keys, KeyError> {
+    let client_err = |source| KeyError::Client {
+        url: settings.broker_url.clone(),
+        source,
+    };
+    let tls = match &settings.broker_ca {
+        Some(pem) => BrokerTls::Pinned(pem.clone()),
+        None => BrokerTls::InsecureHttp,
+    };
+    let mut config = ClientConfig::new(&settings.broker_url, tls);
+    config.timeout = TIMEOUT;
+    config.retries = RETRIES;
+    config.backoff = BACKOFF;
+    config.init_data = Some(settings.body.clone());
+    let mut client = KbsClient::new(config).map_err(client_err)?;
+    let mut attester = attester(platform, tcti, runtime_log)?;
+    client.attest(attester.as_mut()).map_err(client_err)?;
+    info!(broker = %settings.broker_url, ?platform, "attested");
+    let state_key = match &settings.state_device {
+        Some(_) => Some(client.resource(&settings.state_key).map_err(client_err)?),
+        None => None,
+    };
+    let mut resources = BTreeMap::new();
+    for path in &settings.resources {
+        resources.insert(path.clone(), client.resource(path).map_err(client_err)?);
+    }
+    info!(
+        resources = resources.len(),
+        state_key = state_key.is_some(),
+        "keys released"
+    );
+    Ok(Keys {
+        state_key,
+        resources,
+    })
+}
