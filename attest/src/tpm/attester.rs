@@ -122,12 +122,84 @@ impl TpmAttester {
     /// What a verifier needs to bind the AK to the EK: the EK certificate and public
     /// key, and the AK's public area (whose hash is its TPM name).
     pub fn identity(&self) -> Result<AkIdentity, AttesterError> {
-        let mut ctx = self.open()?;
-        let ek_handle = create_ek(&mut ctx)?;
-        let ek_public = ctx.read_public(ek_handle).map_err(tpm("ReadPublic EK"));
-        let _ = ctx.flush_context(ek_handle.into());
-        let (ek_public, _, _) = ek_public?;
-        let ek_cert = ek_cert(&mut ctx);
+        self.session()?.identity()
+    }
+
+    /// TPM2_ActivateCredential: recover the secret a verifier sealed to this TPM's EK
+    /// for this AK's name. Fails unless both keys are in this TPM.
+    pub fn activate(
+        &self,
+        credential_blob: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, AttesterError> {
+        self.session()?.activate(credential_blob, encrypted_secret)
+    }
+
+    /// Quote all 24 sha256 PCRs with `nonce` as qualifying data.
+    pub fn quote(&self, nonce: &[u8]) -> Result<TpmEvidence, AttesterError> {
+        self.session()?.quote(nonce)
+    }
+
+    /// Open the TPM with the EK loaded, for several operations in a row.
+    pub fn session(&self) -> Result<TpmSession, AttesterError> {
+        let mut ctx = Context::new(self.tcti.clone()).map_err(tpm("open"))?;
+        let ek = create_ek(&mut ctx)?;
+        Ok(TpmSession {
+            ctx,
+            ek,
+            ak: None,
+            ak_private: self.ak_private.clone(),
+            ak_public: self.ak_public.clone(),
+        })
+    }
+}
+
+/// One open connection to the TPM with the EK (and, once needed, the AK) loaded.
+/// Creating the EK is the expensive step (an RSA-2048 primary key from its template),
+/// so a handshake that needs the identity, an activation and a quote pays for it once.
+/// The handles are flushed on drop.
+#[derive(Debug)]
+pub struct TpmSession {
+    ctx: Context,
+    ek: KeyHandle,
+    ak: Option<KeyHandle>,
+    ak_private: Private,
+    ak_public: Public,
+}
+
+impl Drop for TpmSession {
+    fn drop(&mut self) {
+        if let Some(ak) = self.ak.take() {
+            let _ = self.ctx.flush_context(ak.into());
+        }
+        let _ = self.ctx.flush_context(self.ek.into());
+    }
+}
+
+impl TpmSession {
+    fn ak(&mut self) -> Result<KeyHandle, AttesterError> {
+        if let Some(ak) = self.ak {
+            return Ok(ak);
+        }
+        let ak = ak::load_ak(
+            &mut self.ctx,
+            self.ek,
+            None,
+            self.ak_private.clone(),
+            self.ak_public.clone(),
+        )
+        .map_err(tpm("load AK"))?;
+        self.ak = Some(ak);
+        Ok(ak)
+    }
+
+    /// See [`TpmAttester::identity`].
+    pub fn identity(&mut self) -> Result<AkIdentity, AttesterError> {
+        let (ek_public, _, _) = self
+            .ctx
+            .read_public(self.ek)
+            .map_err(tpm("ReadPublic EK"))?;
+        let ek_cert = ek_cert(&mut self.ctx);
         Ok(AkIdentity {
             ek_cert,
             ek_public: STANDARD.encode(spki_der(ek_public)?),
@@ -140,10 +212,9 @@ impl TpmAttester {
         })
     }
 
-    /// TPM2_ActivateCredential: recover the secret a verifier sealed to this TPM's EK
-    /// for this AK's name. Fails unless both keys are in this TPM.
+    /// See [`TpmAttester::activate`].
     pub fn activate(
-        &self,
+        &mut self,
         credential_blob: &[u8],
         encrypted_secret: &[u8],
     ) -> Result<Vec<u8>, AttesterError> {
@@ -151,21 +222,9 @@ impl TpmAttester {
             .map_err(|_| AttesterError::Activation("credential_blob"))?;
         let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
             .map_err(|_| AttesterError::Activation("encrypted_secret"))?;
-        let mut ctx = self.open()?;
-        let ek_handle = create_ek(&mut ctx)?;
-        let result = self.activate_with(&mut ctx, ek_handle, blob, secret);
-        let _ = ctx.flush_context(ek_handle.into());
-        result
-    }
-
-    fn activate_with(
-        &self,
-        ctx: &mut Context,
-        ek_handle: KeyHandle,
-        blob: IdObject,
-        secret: EncryptedSecret,
-    ) -> Result<Vec<u8>, AttesterError> {
-        let ak_handle = self.load_ak(ctx, ek_handle)?;
+        let ak_handle = self.ak()?;
+        let ek_handle = self.ek;
+        let ctx = &mut self.ctx;
         // The EK's policy is PolicySecret(endorsement hierarchy): satisfy it in a
         // policy session, authorised with the (empty) endorsement password.
         let policy = ctx
@@ -199,33 +258,17 @@ impl TpmAttester {
                 .map_err(tpm("ActivateCredential"))
             });
         let _ = ctx.flush_context(SessionHandle::from(policy).into());
-        let _ = ctx.flush_context(ak_handle.into());
         Ok(out?.value().to_vec())
     }
 
-    /// Quote all 24 sha256 PCRs with `nonce` as qualifying data.
-    pub fn quote(&self, nonce: &[u8]) -> Result<TpmEvidence, AttesterError> {
+    /// See [`TpmAttester::quote`].
+    pub fn quote(&mut self, nonce: &[u8]) -> Result<TpmEvidence, AttesterError> {
         if nonce.is_empty() || nonce.len() > MAX_NONCE {
             return Err(AttesterError::Nonce(nonce.len()));
         }
-        let mut ctx = self.open()?;
-        let ek_handle = create_ek(&mut ctx)?;
-        let ak_handle = self.load_ak(&mut ctx, ek_handle);
-        let _ = ctx.flush_context(ek_handle.into());
-        let ak_handle = ak_handle?;
-        let result = self.quote_with(&mut ctx, ak_handle, nonce);
-        let _ = ctx.flush_context(ak_handle.into());
-        result
-    }
-
-    fn quote_with(
-        &self,
-        ctx: &mut Context,
-        ak_handle: KeyHandle,
-        nonce: &[u8],
-    ) -> Result<TpmEvidence, AttesterError> {
-        let tpm_quote = quote_pcrs(ctx, ak_handle, nonce)?;
-        let ek_cert = ek_cert(ctx);
+        let ak_handle = self.ak()?;
+        let tpm_quote = quote_pcrs(&mut self.ctx, ak_handle, nonce)?;
+        let ek_cert = ek_cert(&mut self.ctx);
         Ok(TpmEvidence {
             ak_public: STANDARD.encode(spki_der(self.ak_public.clone())?),
             tpm_quote,
@@ -290,23 +333,6 @@ pub fn quote_persistent(tcti: &str, handle: u32, nonce: &[u8]) -> Result<TpmQuot
         .tr_from_tpm_public(TpmHandle::Persistent(persistent))
         .map_err(tpm("load persistent AK"))?;
     quote_pcrs(&mut ctx, KeyHandle::from(object), nonce)
-}
-
-impl TpmAttester {
-    fn open(&self) -> Result<Context, AttesterError> {
-        Context::new(self.tcti.clone()).map_err(tpm("open"))
-    }
-
-    fn load_ak(&self, ctx: &mut Context, ek_handle: KeyHandle) -> Result<KeyHandle, AttesterError> {
-        ak::load_ak(
-            ctx,
-            ek_handle,
-            None,
-            self.ak_private.clone(),
-            self.ak_public.clone(),
-        )
-        .map_err(tpm("load AK"))
-    }
 }
 
 /// The RSA EK certificate from the TPM's NV (standard base64), when it has one.

@@ -49,9 +49,18 @@ pub struct VmArgs {
     #[arg(long, default_value = cvm_ovmf::DEBIAN_OVMF_DIR)]
     pub firmware: PathBuf,
     /// Init-data for the guest (`cvm initdata`): its broker, CA and keys. Without it
-    /// the guest boots stateless and holds no keys.
-    #[arg(long, value_name = "PATH")]
+    /// (or --broker) the guest boots stateless and holds no keys.
+    #[arg(long, value_name = "PATH", conflicts_with = "broker")]
     pub initdata: Option<PathBuf>,
+    /// Boot against this broker (as the host reaches it, e.g. the `cvm broker serve`
+    /// default https://127.0.0.1:8443; loopback becomes 10.0.2.2 for the guest): writes
+    /// the init-data itself, pinning --broker-ca.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// The broker's CA for --broker [default: the `cvm broker serve` folder's
+    /// tls/ca.pem].
+    #[arg(long, value_name = "PEM", requires = "broker")]
+    pub broker_ca: Option<PathBuf>,
     /// Disk image for the guest's encrypted state (created empty, of --state-size, if
     /// missing).
     #[arg(long, value_name = "PATH")]
@@ -59,6 +68,22 @@ pub struct VmArgs {
     /// Size of a new state disk, MiB.
     #[arg(long, default_value_t = 64)]
     pub state_size: u64,
+}
+
+/// The broker URL as a guest under QEMU's user network reaches it: the host's loopback
+/// is 10.0.2.2 there.
+pub fn guest_url(url: &str) -> String {
+    for host in ["127.0.0.1", "localhost"] {
+        for scheme in ["https://", "http://"] {
+            let from = format!("{scheme}{host}");
+            if let Some(rest) = url.strip_prefix(&from)
+                && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
+            {
+                return format!("{scheme}10.0.2.2{rest}");
+            }
+        }
+    }
+    url.to_owned()
 }
 
 /// Create an empty (sparse) state disk of `mib` MiB at `path` unless one exists.
@@ -111,6 +136,23 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
     if let Some(disk) = &args.state_disk {
         ensure_state_disk(disk, args.state_size)?;
     }
+    let initdata = match &args.broker {
+        None => args.initdata.clone(),
+        Some(url) => {
+            let spec = super::initdata::InitdataSpec {
+                broker_url: guest_url(url),
+                broker_ca: args.broker_ca.clone(),
+                insecure_http: url.starts_with("http://"),
+                state_key: None,
+                no_state: args.state_disk.is_none(),
+                resources: Vec::new(),
+            };
+            let path = run_dir.path().join("initdata.toml");
+            std::fs::write(&path, super::initdata::render_spec(&spec)?)
+                .with_context(|| format!("write {}", path.display()))?;
+            Some(path)
+        }
+    };
     let opts = VmOptions {
         accel: args.accel,
         cpus: args.cpus,
@@ -126,7 +168,7 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
         host_port: args.port,
         serial_log: serial_log.clone(),
         echo,
-        initdata: args.initdata.clone(),
+        initdata,
         state_disk: args.state_disk.clone(),
     };
     let vm = Vm::start(&opts)?;
@@ -271,5 +313,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Outcome::NoStatus(d) => {
             Err(GuestFailed(format!("guest stopped without a status line: {d}")).into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest_url;
+
+    #[test]
+    fn loopback_brokers_are_reached_through_the_slirp_gateway() {
+        assert_eq!(guest_url("https://127.0.0.1:8443"), "https://10.0.2.2:8443");
+        assert_eq!(guest_url("http://localhost:80/x"), "http://10.0.2.2:80/x");
+        assert_eq!(guest_url("https://127.0.0.10:1"), "https://127.0.0.10:1");
+        assert_eq!(
+            guest_url("https://kbs.example:8443"),
+            "https://kbs.example:8443"
+        );
     }
 }

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_attest::EventLog;
-use cvm_attest::tpm::attester::TpmAttester;
+use cvm_attest::tpm::attester::{TpmAttester, TpmSession};
 use cvm_attest::tpm::{ActivationRequest, ActivationResponse, RcarTpmEvidence};
 use kbs_types::Tee;
 use serde_json::Value;
@@ -14,10 +14,11 @@ use serde_json::Value;
 use super::Attester;
 use crate::report_data::tpm_nonce;
 
-/// A TPM attester with the logs to send.
+/// A TPM attester with the logs to send. It keeps one TPM session (EK and AK loaded)
+/// for its whole life, so a handshake creates no keys.
 #[derive(Debug)]
 pub struct TpmRcarAttester {
-    tpm: TpmAttester,
+    tpm: TpmSession,
     firmware_log: Option<Vec<u8>>,
     runtime_log: Option<EventLog>,
 }
@@ -30,7 +31,9 @@ impl TpmRcarAttester {
         runtime_log: Option<EventLog>,
     ) -> Result<Self, String> {
         Ok(Self {
-            tpm: TpmAttester::create(tcti).map_err(|e| e.to_string())?,
+            tpm: TpmAttester::create(tcti)
+                .and_then(|a| a.session())
+                .map_err(|e| e.to_string())?,
             firmware_log,
             runtime_log,
         })

@@ -235,10 +235,15 @@ fn state_is_created_then_unlocked_and_twins_are_refused() {
         "a refused disk was modified"
     );
 
-    // The broker down: the guest retries, then powers off naming the broker.
-    let down = dir.path().join("down.toml");
-    initdata(&broker, "https://10.0.2.2:1", &down);
-    let (code, report) = Guest::start(&["--initdata", down.to_str().unwrap()]).wait();
+    // The broker down (`cvm run --broker` writes the init-data, loopback becomes the
+    // guest's 10.0.2.2): the guest retries, then powers off naming the broker.
+    let (code, report) = Guest::start(&[
+        "--broker",
+        "https://127.0.0.1:1",
+        "--broker-ca",
+        broker.ca.to_str().unwrap(),
+    ])
+    .wait();
     assert_ne!(code, 0);
     let detail = report["detail"].as_str().unwrap();
     assert!(
