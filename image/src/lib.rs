@@ -116,6 +116,9 @@ pub struct ImageSpec {
     pub source_date_epoch: u64,
     /// Firmware the image is meant for, recorded in the manifest.
     pub firmware: Option<FirmwareInfo>,
+    /// Include the state volume tools ([`STATE_TOOLS`]); without them the image is
+    /// smaller and can hold no persistent state.
+    pub state_tools: bool,
 }
 
 /// An image could not be built.
@@ -241,7 +244,8 @@ pub fn initramfs_archive(spec: &ImageSpec) -> Result<cpio::Archive, ImageError> 
         },
     )?;
     let mut tools = Vec::new();
-    for (guest, candidates, package) in STATE_TOOLS {
+    let wanted: &[(&str, &[&str], &str)] = if spec.state_tools { STATE_TOOLS } else { &[] };
+    for (guest, candidates, package) in wanted {
         let host = candidates
             .iter()
             .map(Path::new)

@@ -104,6 +104,13 @@ fn run(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<String, StateError> {
+    if !Path::new(tool).exists() {
+        return Err(StateError::Tool {
+            tool,
+            action,
+            detail: "not in this image (built with --stateless?)".into(),
+        });
+    }
     let mut child = Command::new(tool)
         .args(args)
         .env_clear()

@@ -31,6 +31,10 @@ pub struct BuildArgs {
     /// Parallel jobs for the kernel build [default: number of CPUs].
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Leave out the state volume tools (cryptsetup, mke2fs and their libraries): a
+    /// smaller image whose guest can hold no persistent state.
+    #[arg(long)]
+    pub stateless: bool,
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -72,6 +76,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         })
         .ok();
     let spec = ImageSpec {
+        state_tools: !args.stateless,
         kernel,
         init: args.init.unwrap_or_else(|| paths::guest_binary("cvm-init")),
         agent: args
