@@ -48,6 +48,10 @@ pub enum Command {
     Broker(commands::broker::BrokerArgs),
     /// Write the init-data (TOML) that points a guest at its broker.
     Initdata(commands::initdata::InitdataArgs),
+    /// Make an owner signing key for sealed workloads.
+    Keygen(commands::seal::KeygenArgs),
+    /// Seal a Wasm workload: sign its manifest and policy, encrypt it, store its key.
+    Seal(commands::seal::SealArgs),
 }
 
 /// Run one command.
@@ -63,5 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Measure(a) => commands::measure::run(a),
         Command::Broker(a) => commands::broker::run(a),
         Command::Initdata(a) => commands::initdata::run(a),
+        Command::Keygen(a) => commands::seal::keygen(a),
+        Command::Seal(a) => commands::seal::seal_command(a),
     }
 }

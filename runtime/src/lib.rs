@@ -1,8 +1,12 @@
-//! Sealed Wasm workloads: the bundle format, the workload policy and the wasmtime engine.
+//! Sealed Wasm workloads: the bundle format and the workload policy (this slice), and
+//! the wasmtime engine (next, behind a feature so host tools never compile it).
 //!
-//! Trust-chain place: runs inside the guest under the agent; the agent measures each
-//! bundle's manifest before its key is requested.
-//!
-//! This crate is an empty skeleton: the bundle format and the runtime arrive with the
-//! workload issue. Nothing here pretends to run a workload.
+//! Trust-chain place: the bundle is made on the owner's machine (`cvm seal`) and opened
+//! inside the guest by the agent, which verifies the owner's signature, measures the
+//! manifest, fetches the content key from the broker, then decrypts and checks the
+//! Wasm, in that order ([`bundle`]).
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod policy;

@@ -9,6 +9,7 @@ pub mod firmware;
 pub mod initdata;
 pub mod measure;
 pub mod run;
+pub mod seal;
 pub mod status;
 
 use std::path::Path;
