@@ -23,7 +23,6 @@ pub mod error;
 pub mod kbs;
 pub mod policy;
 pub mod reference;
-pub mod resource_path;
 pub mod server;
 pub mod session;
 pub mod state;
@@ -31,3 +30,6 @@ pub mod store;
 pub mod tls;
 pub mod token;
 pub mod verify;
+
+/// Resource paths (the rule lives with the protocol client, shared by all who name one).
+pub use cvm_kbs_client::resource_path;

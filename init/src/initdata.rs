@@ -103,20 +103,9 @@ fn key_err(key: &str, reason: &'static str) -> InitDataErrorKind {
 }
 
 fn resource_path(key: &str, p: &str) -> Result<String, InitDataErrorKind> {
-    let parts: Vec<&str> = p.split('/').collect();
-    let ok = parts.len() == 3
-        && parts.iter().all(|s| {
-            !s.is_empty()
-                && *s != "."
-                && *s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
-        Ok(p.to_owned())
-    } else {
-        Err(key_err(key, "not a resource path repository/type/tag"))
-    }
+    cvm_kbs_client::resource_path::ResourcePath::parse(p)
+        .map(|r| r.to_string())
+        .map_err(|_| key_err(key, "not a resource path repository/type/tag"))
 }
 
 /// Interpret parsed init-data.

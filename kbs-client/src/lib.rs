@@ -17,6 +17,7 @@ pub mod http;
 pub mod initdata;
 pub mod jwe;
 pub mod report_data;
+pub mod resource_path;
 pub mod tee_key;
 
 /// The protocol version the Trustee KBS accepts (an exact match).

@@ -234,19 +234,6 @@ pub fn default_ek_ca() -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Write `bytes` to a new file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {} (it must not exist)", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("write {}", path.display()))
-}
-
 fn read_file(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("read {what} {}", path.display()))
 }
@@ -284,7 +271,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                 )?;
                 let body = zeroize::Zeroizing::new(resp.body);
                 match out {
-                    Some(f) => write_private(&f, &body)?,
+                    Some(f) => super::write_new_private(&f, &body)?,
                     None => std::io::stdout().write_all(&body)?,
                 }
                 Ok(())

@@ -41,6 +41,22 @@ pub fn verify_image(image: &Path, manifest: &cvm_image::Manifest) -> anyhow::Res
     Ok(())
 }
 
+/// Write `bytes` to a new file (never an existing one) readable by its owner only,
+/// durably: for keys.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {} (it must not exist)", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))
+}
+
 /// Read an image folder's manifest.
 pub fn read_manifest(image: &Path) -> anyhow::Result<cvm_image::Manifest> {
     let path = image.join(cvm_image::files::MANIFEST);

@@ -11,6 +11,7 @@ use cvm_runtime::policy::WorkloadPolicy;
 use serde::Serialize;
 
 use super::broker::{Admin, AdminArgs, random_key};
+use super::write_new_private;
 
 /// `cvm keygen` arguments.
 #[derive(Debug, clap::Args)]
@@ -85,20 +86,6 @@ struct SealReport {
     key_uploaded: bool,
     key_file: Option<PathBuf>,
     manifest: cvm_runtime::bundle::Manifest,
-}
-
-fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {} (it must not exist)", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename, so an existing file

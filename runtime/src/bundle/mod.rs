@@ -137,16 +137,7 @@ impl Manifest {
         if self.wasm_sha256.len() != 64 || hex::decode(&self.wasm_sha256).is_err() {
             return Err(bad("wasm_sha256 must be 64 hex digits"));
         }
-        let parts: Vec<&str> = self.key_resource.split('/').collect();
-        let path_ok = parts.len() == 3
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && *p != "."
-                    && *p != ".."
-                    && p.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            });
-        if !path_ok {
+        if cvm_kbs_client::resource_path::ResourcePath::parse(&self.key_resource).is_err() {
             return Err(bad("key_resource must be repository/type/tag"));
         }
         self.policy.validate()?;

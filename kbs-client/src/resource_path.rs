@@ -1,6 +1,8 @@
 //! Resource paths: `<repository>/<type>/<tag>`, as in `GET /kbs/v0/resource/...`. Each
 //! part is 1 to 128 characters of `[A-Za-z0-9._-]`, and never `.` or `..`, so a path
-//! maps to exactly one file under the store and can never leave it.
+//! maps to exactly one file under a broker's store and can never leave it. One rule for
+//! everyone who names a resource: the client, the broker, PID1's init-data and the
+//! bundles' manifests.
 
 use std::fmt;
 
