@@ -23,6 +23,8 @@ pub struct AgentArgs {
     pub secrets_fd: Option<i32>,
     /// The mounted encrypted state volume (`--state-dir PATH`).
     pub state_dir: Option<PathBuf>,
+    /// The trusted owner keys, PEM (`--owners PATH`).
+    pub owners: Option<PathBuf>,
 }
 
 /// Arguments that cannot be used.
@@ -30,7 +32,7 @@ pub struct AgentArgs {
 pub enum ArgsError {
     /// An argument the agent does not know.
     #[error(
-        "unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off, --secrets-fd N, --state-dir PATH)"
+        "unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off, --secrets-fd N, --state-dir PATH, --owners PATH)"
     )]
     Unknown(String),
     /// A flag without its value.
@@ -52,6 +54,7 @@ impl AgentArgs {
         let mut tpm = Some(DEFAULT_TPM.to_owned());
         let mut secrets_fd = None;
         let mut state_dir = None;
+        let mut owners = None;
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -75,6 +78,9 @@ impl AgentArgs {
                             .ok_or(ArgsError::BadFd(v))?,
                     );
                 }
+                "--owners" => {
+                    owners = Some(it.next().ok_or(ArgsError::MissingValue("--owners"))?.into())
+                }
                 "--state-dir" => {
                     state_dir = Some(
                         it.next()
@@ -92,6 +98,7 @@ impl AgentArgs {
             tpm,
             secrets_fd,
             state_dir,
+            owners,
         })
     }
 }

@@ -41,6 +41,8 @@ pub struct AgentState {
     pub secrets: secrets::SecretStore,
     /// The mounted encrypted state volume, if any.
     pub state_dir: Option<PathBuf>,
+    /// The owners whose sealed workloads this appliance accepts.
+    pub owners: cvm_runtime::bundle::owner::OwnerKeys,
 }
 
 /// Serve until SIGTERM.
@@ -50,6 +52,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => secrets::SecretStore::default(),
     };
     info!(secrets = ?secrets, "secrets received");
+    let owners = match &args.owners {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("read owner keys {}: {e}", path.display()))?;
+            cvm_runtime::bundle::owner::OwnerKeys::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("owner keys {}: {e}", path.display()))?
+        }
+        None => cvm_runtime::bundle::owner::OwnerKeys::default(),
+    };
+    info!(owners = owners.len(), "trusted owners");
     let listener = TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     let sysfs = PathBuf::from("/sys");
@@ -63,6 +75,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         sysfs,
         secrets,
         state_dir: args.state_dir,
+        owners,
     });
     let mut term = signal(SignalKind::terminate())?;
     println!("{}{local}", cvm_proto::console::AGENT_READY);

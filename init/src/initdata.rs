@@ -15,6 +15,7 @@
 //! | `cvm.state-key` | resource path of the state volume key (default `cvm/state/key`) |
 //! | `cvm.state-device` | the state disk (default `/dev/vda`), or `none` |
 //! | `cvm.resources` | comma-separated resource paths handed to the agent |
+//! | `cvm.owners` | PEM public keys of the owners whose sealed workloads the agent accepts |
 
 use std::fs;
 use std::io::Read as _;
@@ -73,6 +74,8 @@ pub struct KeyRelease {
     pub state_device: Option<PathBuf>,
     /// Resources for the agent.
     pub resources: Vec<String>,
+    /// The trusted owner keys (PEM), as given.
+    pub owners: Option<String>,
 }
 
 impl std::fmt::Debug for KeyRelease {
@@ -86,7 +89,8 @@ impl std::fmt::Debug for KeyRelease {
     }
 }
 
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
+    "cvm.owners",
     "cvm.broker-url",
     "cvm.broker-ca",
     "cvm.broker-insecure-http",
@@ -159,7 +163,19 @@ pub fn settings(body: &str, data: &InitData) -> Result<KeyRelease, InitDataError
             .map(|p| resource_path("cvm.resources", p.trim()))
             .collect::<Result<_, _>>()?,
     };
+    let owners = match get("cvm.owners") {
+        None => None,
+        Some(pem) => {
+            let keys = cvm_runtime::bundle::owner::OwnerKeys::from_pem_bundle(pem)
+                .map_err(|_| key_err("cvm.owners", "not PEM Ed25519 or P-256 public keys"))?;
+            if keys.is_empty() {
+                return Err(key_err("cvm.owners", "holds no PUBLIC KEY block"));
+            }
+            Some(pem.to_owned())
+        }
+    };
     Ok(KeyRelease {
+        owners,
         body: body.to_owned(),
         broker_url: url.to_owned(),
         broker_ca,

@@ -127,12 +127,16 @@ fn boot() -> Result<&'static str, InitError> {
     Ok(reason)
 }
 
+/// Where PID1 leaves the trusted owner keys for the agent (public, not secret).
+pub const OWNERS_PATH: &str = "/run/cvm/owners.pem";
+
 /// What key release left for the rest of the boot.
 #[derive(Debug, Default)]
 struct Released {
     /// Kept open (and inherited by the agent) for the whole boot.
     secrets: Option<secrets::SecretsFd>,
     state_open: bool,
+    owners: bool,
 }
 
 impl Released {
@@ -143,6 +147,9 @@ impl Released {
         }
         if self.state_open {
             args.extend(["--state-dir".to_owned(), state::STATE_MOUNT.to_owned()]);
+        }
+        if self.owners {
+            args.extend(["--owners".to_owned(), OWNERS_PATH.to_owned()]);
         }
         args
     }
@@ -187,11 +194,15 @@ fn release_keys(config: &Config, log: &RuntimeLog) -> Result<Released, InitError
             volume.record.boots
         ));
     }
+    if let Some(pem) = &settings.owners {
+        fs::write(OWNERS_PATH, pem).map_err(io("write", OWNERS_PATH))?;
+    }
     // Created last: every child spawned from here on (only the agent) inherits it.
     let secrets = secrets::SecretsFd::new(&keys.resources)?;
     Ok(Released {
         secrets: Some(secrets),
         state_open,
+        owners: settings.owners.is_some(),
     })
 }
 

@@ -91,4 +91,7 @@ pub struct StateStatus {
     pub record: Option<serde_json::Value>,
     /// The resources PID1 handed over (names only).
     pub secrets: Vec<String>,
+    /// The kids (hex SHA-256 of the SubjectPublicKeyInfo) of the owners whose sealed
+    /// workloads this appliance accepts, from its init-data.
+    pub owners: Vec<String>,
 }

@@ -36,6 +36,7 @@ pub fn get(state: &AgentState) -> Response<Body> {
             mounted: state.state_dir.is_some(),
             record,
             secrets: state.secrets.names(),
+            owners: state.owners.kids().iter().map(hex::encode).collect(),
         },
     )
 }

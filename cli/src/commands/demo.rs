@@ -84,6 +84,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         state_key: None,
         no_state: false,
         resources: Vec::new(),
+        owners: Vec::new(),
     })?;
     let initdata_path = work.path().join("initdata.toml");
     std::fs::write(&initdata_path, &initdata)?;

@@ -30,6 +30,10 @@ pub struct InitdataSpec {
     /// A resource to fetch and hand to the agent (repeatable).
     #[arg(long = "resource", value_name = "PATH")]
     pub resources: Vec<String>,
+    /// An owner public key (`cvm keygen`'s .pub) whose sealed workloads the appliance
+    /// accepts (repeatable).
+    #[arg(long = "owner", value_name = "PEM")]
+    pub owners: Vec<PathBuf>,
 }
 
 /// Render `spec` (deterministic: same arguments, same bytes).
@@ -49,6 +53,15 @@ pub fn render_spec(spec: &InitdataSpec) -> anyhow::Result<String> {
         None => None,
     };
     let resources = spec.resources.join(",");
+    let mut owners = String::new();
+    for p in &spec.owners {
+        let pem = std::fs::read_to_string(p)
+            .with_context(|| format!("read owner key {}", p.display()))?;
+        cvm_runtime::bundle::owner::OwnerPublic::from_pem(pem.trim())
+            .with_context(|| format!("owner key {}", p.display()))?;
+        owners.push_str(pem.trim_end());
+        owners.push('\n');
+    }
     let mut pairs: Vec<(&str, &str)> = vec![("cvm.broker-url", &spec.broker_url)];
     match &ca_pem {
         Some(pem) => pairs.push(("cvm.broker-ca", pem)),
@@ -61,6 +74,9 @@ pub fn render_spec(spec: &InitdataSpec) -> anyhow::Result<String> {
     }
     if !resources.is_empty() {
         pairs.push(("cvm.resources", &resources));
+    }
+    if !owners.is_empty() {
+        pairs.push(("cvm.owners", &owners));
     }
     Ok(render("sha384", &pairs)?)
 }

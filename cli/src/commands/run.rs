@@ -146,6 +146,7 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
                 state_key: None,
                 no_state: args.state_disk.is_none(),
                 resources: Vec::new(),
+                owners: Vec::new(),
             };
             let path = run_dir.path().join("initdata.toml");
             std::fs::write(&path, super::initdata::render_spec(&spec)?)

@@ -203,6 +203,11 @@ impl OwnerKeys {
         self.0.iter().find(|k| k.kid() == kid)
     }
 
+    /// Every key's kid.
+    pub fn kids(&self) -> Vec<Vec<u8>> {
+        self.0.iter().map(OwnerPublic::kid).collect()
+    }
+
     /// How many.
     pub fn len(&self) -> usize {
         self.0.len()

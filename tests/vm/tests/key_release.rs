@@ -23,7 +23,7 @@ fn ok(o: &std::process::Output) {
     );
 }
 
-fn initdata(broker: &Broker, url: &str, out: &Path) {
+fn initdata(broker: &Broker, url: &str, owner: &Path, out: &Path) {
     ok(&cvm(&[
         "initdata",
         "--broker",
@@ -32,6 +32,8 @@ fn initdata(broker: &Broker, url: &str, out: &Path) {
         broker.ca.to_str().unwrap(),
         "--resource",
         "cvm/app/token",
+        "--owner",
+        owner.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]));
@@ -106,8 +108,20 @@ fn state_is_created_then_unlocked_and_twins_are_refused() {
     let key = std::fs::read(&key_file).unwrap();
     assert_eq!(key.len(), 32);
 
+    let owner_key = dir.path().join("owner.key");
+    let keygen = json_ok(&cvm(&[
+        "keygen",
+        "--out",
+        owner_key.to_str().unwrap(),
+        "--json",
+    ]));
     let init = dir.path().join("initdata.toml");
-    initdata(&broker, &broker.guest_url(), &init);
+    initdata(
+        &broker,
+        &broker.guest_url(),
+        &dir.path().join("owner.pub"),
+        &init,
+    );
     register(&broker, image(), &init, "this-image", dir.path());
     let disk = dir.path().join("state.img");
     let disk_arg = disk.to_str().unwrap();
@@ -127,6 +141,8 @@ fn state_is_created_then_unlocked_and_twins_are_refused() {
     assert_eq!(state["mounted"], true, "{state}");
     assert_eq!(state["record"]["boots"], 1, "{state}");
     assert_eq!(state["secrets"], serde_json::json!(["cvm/app/token"]));
+    // The owner the init-data names is the one the agent trusts.
+    assert_eq!(state["owners"], serde_json::json!([keygen["kid"]]));
     let (code, report) = guest.shutdown();
     assert_eq!(code, 0, "{report}");
     let console1 = std::fs::read(&serial1).unwrap();
