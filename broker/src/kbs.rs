@@ -221,11 +221,11 @@ impl Broker {
         let additional = &attestation.tee_evidence.additional_evidence;
         let digest = runtime_data_digest(&runtime.nonce, &runtime.tee_pubkey, additional)
             .map_err(attestation_error)?;
+        // Held for the verification only; admin writes (rare) wait for it.
         let references = self
             .references
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ctx = VerifyContext {
             references: &references,
             ak_challenge: s.ak_challenge.as_deref(),

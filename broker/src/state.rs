@@ -204,19 +204,27 @@ impl Broker {
 
 /// DER SubjectPublicKeyInfo from PEM (`PUBLIC KEY`) or DER bytes.
 fn spki_der(bytes: &[u8]) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    let text = std::str::from_utf8(bytes).ok();
-    match text.and_then(|t| {
-        let body = t
-            .split("-----BEGIN PUBLIC KEY-----")
-            .nth(1)?
-            .split("-----END PUBLIC KEY-----")
-            .next()?;
-        let b64: String = body.split_whitespace().collect();
-        base64::engine::general_purpose::STANDARD.decode(b64).ok()
-    }) {
-        Some(der) => Some(der),
-        None if bytes.first() == Some(&0x30) => Some(bytes.to_vec()),
-        None => None,
+    use rustls::pki_types::SubjectPublicKeyInfoDer;
+    use rustls::pki_types::pem::PemObject as _;
+    match SubjectPublicKeyInfoDer::from_pem_slice(bytes) {
+        Ok(der) => Some(der.to_vec()),
+        Err(_) if bytes.first() == Some(&0x30) => Some(bytes.to_vec()),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spki_der;
+
+    #[test]
+    fn trusted_aks_are_read_from_pem_or_der() {
+        let pem = crate::admin_token::AdminSigner::generate()
+            .public_pem()
+            .unwrap_or_default();
+        let der = spki_der(pem.as_bytes()).unwrap_or_default();
+        assert_eq!(der.first(), Some(&0x30));
+        assert_eq!(spki_der(&der), Some(der.clone()));
+        assert_eq!(spki_der(b"not a key"), None);
     }
 }

@@ -34,12 +34,9 @@ fn jwcrypto_verifies_our_token() {
         return;
     };
     let key = TokenKey::generate();
-    // jwcrypto checks exp against the real clock: issue for now.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = key.issue(&appraisal(), now, 300);
+    // jwcrypto checks `exp` against its own clock, so this token is issued at the real
+    // current time rather than at the fixed NOW the other tests use.
+    let token = key.issue(&appraisal(), cvm_broker::state::now(), 300);
     let out = Command::new(py)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracle.py"))
         .args(["verify-es256", &key.public_jwk().to_string(), &token])

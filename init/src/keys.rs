@@ -37,7 +37,7 @@ pub enum Platform {
 
 /// The platform this guest runs on: SNP or TDX hardware if present, else the TPM.
 pub fn detect() -> Platform {
-    if Path::new("/dev/sev-guest").exists() {
+    if Path::new(cvm_attest::snp::attester::SEV_GUEST_DEVICE).exists() {
         Platform::Snp
     } else if Path::new("/dev/tdx_guest").exists() {
         Platform::Tdx

@@ -31,7 +31,8 @@ pub enum SnpAttesterError {
     CertTable(&'static str),
 }
 
-const SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
+/// The legacy SEV guest device (also present, alongside configfs-tsm, in SNP guests).
+pub const SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
 
 /// Request a report over `report_data` at `vmpl` (None: the guest's own VMPL).
 pub fn report(report_data: &[u8; 64], vmpl: Option<u32>) -> Result<SnpEvidence, SnpAttesterError> {
