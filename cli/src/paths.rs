@@ -18,7 +18,7 @@ pub fn cache_dir() -> PathBuf {
 /// The default image folder, relative to the working directory.
 pub const DEFAULT_IMAGE_DIR: &str = "build/image";
 
-/// A guest binary (`cvm-init`, `cvm-agent`): in `$CVM_GUEST_BIN`, else in the `guest`
+/// A guest binary (`cvm-init`, `cvm-agent`, `cvm-wasm`): in `$CVM_GUEST_BIN`, else in the `guest`
 /// profile folder beside the running `cvm`'s own (`target/guest/` next to
 /// `target/release/`), where `cargo build --profile guest` puts them.
 pub fn guest_binary(name: &str) -> PathBuf {

@@ -38,6 +38,8 @@ pub const DEFAULT_CMDLINE: &str =
 pub const GUEST_INIT: &str = "/init";
 /// Guest path of the agent.
 pub const GUEST_AGENT: &str = "/usr/bin/cvm-agent";
+/// Guest path of the per-workload Wasm runtime the agent starts.
+pub const GUEST_RUNTIME: &str = "/usr/bin/cvm-wasm";
 /// Guest path of PID1's configuration.
 pub const GUEST_INIT_CONFIG: &str = "/etc/cvm/init.json";
 /// Host tools PID1 runs to create and unlock the encrypted state volume, at the same
@@ -108,6 +110,8 @@ pub struct ImageSpec {
     pub init: PathBuf,
     /// The agent binary.
     pub agent: PathBuf,
+    /// The per-workload runtime binary (`cvm-wasm`).
+    pub runtime: PathBuf,
     /// PID1's configuration file contents.
     pub init_config: Vec<u8>,
     /// Kernel command line.
@@ -206,6 +210,7 @@ pub fn initramfs_archive(spec: &ImageSpec) -> Result<cpio::Archive, ImageError> 
     use cpio::Entry;
     let init = read_elf("PID1 binary", &spec.init)?;
     let agent = read_elf("agent binary", &spec.agent)?;
+    let runtime = read_elf("workload runtime binary", &spec.runtime)?;
     serde_json::from_slice::<serde_json::Value>(&spec.init_config)
         .map_err(ImageError::BadInitConfig)?;
 
@@ -237,6 +242,13 @@ pub fn initramfs_archive(spec: &ImageSpec) -> Result<cpio::Archive, ImageError> 
         },
     )?;
     a.add(
+        GUEST_RUNTIME,
+        Entry::File {
+            mode: 0o755,
+            data: runtime,
+        },
+    )?;
+    a.add(
         GUEST_INIT_CONFIG,
         Entry::File {
             mode: 0o644,
@@ -258,7 +270,7 @@ pub fn initramfs_archive(spec: &ImageSpec) -> Result<cpio::Archive, ImageError> 
         a.add(guest, Entry::File { mode: 0o755, data })?;
         tools.push(host.to_owned());
     }
-    let mut binaries: Vec<&Path> = vec![&spec.init, &spec.agent];
+    let mut binaries: Vec<&Path> = vec![&spec.init, &spec.agent, &spec.runtime];
     binaries.extend(tools.iter().map(PathBuf::as_path));
     for lib in libs::resolve(&binaries)? {
         let data = read_input("shared library", &lib)?;

@@ -1,5 +1,6 @@
-//! Sealed Wasm workloads: the bundle format and the workload policy (this slice), and
-//! the wasmtime engine (next, behind a feature so host tools never compile it).
+//! Sealed Wasm workloads: the bundle format, the workload policy, and the contract with
+//! `cvm-wasm`, the per-workload runtime process (wasmtime; its own binary behind the
+//! `engine` feature, so host tools and the agent never compile the engine).
 //!
 //! Trust-chain place: the bundle is made on the owner's machine (`cvm seal`) and opened
 //! inside the guest by the agent, which verifies the owner's signature, measures the
@@ -9,4 +10,5 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod launch;
 pub mod policy;

@@ -22,6 +22,9 @@ pub struct BuildArgs {
     /// Agent binary [default: cvm-agent of the `guest` cargo profile, beside this cvm's folder].
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
+    /// Workload runtime binary [default: cvm-wasm of the `guest` cargo profile].
+    #[arg(long, value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
     /// PID1 configuration file [default: the built-in image/files/init.json].
     #[arg(long, value_name = "PATH")]
     pub init_config: Option<PathBuf>,
@@ -82,18 +85,24 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         agent: args
             .agent
             .unwrap_or_else(|| paths::guest_binary("cvm-agent")),
+        runtime: args
+            .runtime
+            .unwrap_or_else(|| paths::guest_binary("cvm-wasm")),
         init_config,
         cmdline: args.cmdline,
         source_date_epoch: epoch,
         firmware,
     };
-    for (what, path) in [("PID1", &spec.init), ("agent", &spec.agent)] {
+    for (what, path, flag) in [
+        ("PID1", &spec.init, "init"),
+        ("agent", &spec.agent, "agent"),
+        ("workload runtime", &spec.runtime, "runtime"),
+    ] {
         if !path.is_file() {
             anyhow::bail!(
                 "{what} binary {} not found: build the guest binaries first \
-                 (cargo build --profile guest -p cvm-init -p cvm-agent) or pass --{}",
+                 (./scripts/build-guest) or pass --{flag}",
                 path.display(),
-                if what == "PID1" { "init" } else { "agent" }
             );
         }
     }
