@@ -9,6 +9,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_EVENTLOG: &str = "/run/cvm/eventlog.json";
 /// The guest's TPM, through the kernel's resource manager.
 pub const DEFAULT_TPM: &str = "device:/dev/tpmrm0";
+/// The per-workload runtime binary.
+pub const DEFAULT_RUNTIME: &str = "/usr/bin/cvm-wasm";
+/// Where the agent keeps each workload's run folder (tmpfs: guest memory).
+pub const DEFAULT_RUN_DIR: &str = "/run/cvm/workloads";
 
 /// Validated arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +29,16 @@ pub struct AgentArgs {
     pub state_dir: Option<PathBuf>,
     /// The trusted owner keys, PEM (`--owners PATH`).
     pub owners: Option<PathBuf>,
+    /// The key broker workload keys come from (`--broker URL`).
+    pub broker: Option<String>,
+    /// The CA pinned for the broker, PEM (`--broker-ca PATH`; absent: plain HTTP).
+    pub broker_ca: Option<PathBuf>,
+    /// The init-data body PID1 bound, presented to the broker (`--initdata PATH`).
+    pub initdata: Option<PathBuf>,
+    /// The per-workload runtime binary (`--runtime PATH`).
+    pub runtime: PathBuf,
+    /// The workloads' run folders (`--run-dir PATH`).
+    pub run_dir: PathBuf,
 }
 
 /// Arguments that cannot be used.
@@ -32,7 +46,7 @@ pub struct AgentArgs {
 pub enum ArgsError {
     /// An argument the agent does not know.
     #[error(
-        "unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off, --secrets-fd N, --state-dir PATH, --owners PATH)"
+        "unknown argument {0} (known: --listen ADDR, --eventlog PATH, --tpm TCTI|off, --secrets-fd N, --state-dir PATH, --owners PATH, --broker URL, --broker-ca PATH, --initdata PATH, --runtime PATH, --run-dir PATH)"
     )]
     Unknown(String),
     /// A flag without its value.
@@ -55,6 +69,9 @@ impl AgentArgs {
         let mut secrets_fd = None;
         let mut state_dir = None;
         let mut owners = None;
+        let (mut broker, mut broker_ca, mut initdata) = (None, None, None);
+        let mut runtime = PathBuf::from(DEFAULT_RUNTIME);
+        let mut run_dir = PathBuf::from(DEFAULT_RUN_DIR);
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -81,6 +98,33 @@ impl AgentArgs {
                 "--owners" => {
                     owners = Some(it.next().ok_or(ArgsError::MissingValue("--owners"))?.into())
                 }
+                "--broker" => broker = Some(it.next().ok_or(ArgsError::MissingValue("--broker"))?),
+                "--broker-ca" => {
+                    broker_ca = Some(
+                        it.next()
+                            .ok_or(ArgsError::MissingValue("--broker-ca"))?
+                            .into(),
+                    )
+                }
+                "--initdata" => {
+                    initdata = Some(
+                        it.next()
+                            .ok_or(ArgsError::MissingValue("--initdata"))?
+                            .into(),
+                    )
+                }
+                "--runtime" => {
+                    runtime = it
+                        .next()
+                        .ok_or(ArgsError::MissingValue("--runtime"))?
+                        .into()
+                }
+                "--run-dir" => {
+                    run_dir = it
+                        .next()
+                        .ok_or(ArgsError::MissingValue("--run-dir"))?
+                        .into()
+                }
                 "--state-dir" => {
                     state_dir = Some(
                         it.next()
@@ -99,6 +143,11 @@ impl AgentArgs {
             secrets_fd,
             state_dir,
             owners,
+            broker,
+            broker_ca,
+            initdata,
+            runtime,
+            run_dir,
         })
     }
 }

@@ -15,9 +15,12 @@
 pub mod api;
 pub mod args;
 pub mod attestation;
+pub mod broker;
 pub mod measurements;
+pub mod runtime_log;
 pub mod secrets;
 mod sys;
+pub mod workloads;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +46,13 @@ pub struct AgentState {
     pub state_dir: Option<PathBuf>,
     /// The owners whose sealed workloads this appliance accepts.
     pub owners: cvm_runtime::bundle::owner::OwnerKeys,
+    /// The sealed workloads.
+    pub workloads: Arc<workloads::Workloads>,
+    /// Signed requests already seen.
+    pub replay: api::auth::ReplayGuard,
+    /// SHA-256 (hex) of the agent's TLS public key, which owner signatures cover; empty
+    /// while the API is plain HTTP.
+    pub tls_key_sha256: String,
 }
 
 /// Serve until SIGTERM.
@@ -62,9 +72,34 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => cvm_runtime::bundle::owner::OwnerKeys::default(),
     };
     info!(owners = owners.len(), "trusted owners");
+    let broker = match (&args.broker, &args.initdata) {
+        (Some(url), Some(initdata)) => Some(broker::Broker::load(
+            url,
+            args.broker_ca.as_deref(),
+            initdata,
+            args.tpm.clone(),
+        )?),
+        (None, None) => None,
+        _ => anyhow::bail!("--broker and --initdata go together"),
+    };
+    info!(broker = ?broker.as_ref().map(broker::Broker::url), "workload key broker");
     let listener = TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     let sysfs = PathBuf::from("/sys");
+    std::fs::create_dir_all(&args.run_dir)
+        .map_err(|e| anyhow::anyhow!("create {}: {e}", args.run_dir.display()))?;
+    let workloads = Arc::new(workloads::Workloads::new(workloads::Context {
+        runtime: args.runtime.clone(),
+        run_dir: args.run_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        api_port: local.port(),
+        owners: owners.clone(),
+        broker,
+        measurements: Arc::new(runtime_log::Measurements::new(
+            args.eventlog.clone(),
+            args.tpm.clone(),
+        )),
+    }));
     let state = Arc::new(AgentState {
         attestation: Arc::new(attestation::Attestation::new(
             args.tpm,
@@ -76,6 +111,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         secrets,
         state_dir: args.state_dir,
         owners,
+        workloads,
+        replay: api::auth::ReplayGuard::default(),
+        tls_key_sha256: String::new(),
     });
     let mut term = signal(SignalKind::terminate())?;
     println!("{}{local}", cvm_proto::console::AGENT_READY);

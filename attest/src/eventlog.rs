@@ -26,6 +26,9 @@ pub enum EventKind {
     InitConfig,
     /// The `cvm.*` kernel parameters, space-joined in command-line order.
     KernelParams,
+    /// A sealed workload's signed manifest, measured by the agent before it fetches the
+    /// workload's key (subject: `name version owner=KID`; the digest is the manifest's).
+    WorkloadManifest,
 }
 
 /// The typed content of a record: what was measured and where it came from.
@@ -224,6 +227,11 @@ impl EventLog {
     /// The first record of `kind`, if any.
     pub fn find(&self, kind: EventKind) -> Option<&EventRecord> {
         self.records.iter().find(|r| r.content.kind == kind)
+    }
+
+    /// Every record of `kind`, in order.
+    pub fn all(&self, kind: EventKind) -> impl Iterator<Item = &EventRecord> {
+        self.records.iter().filter(move |r| r.content.kind == kind)
     }
 }
 

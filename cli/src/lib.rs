@@ -52,6 +52,16 @@ pub enum Command {
     Keygen(commands::seal::KeygenArgs),
     /// Seal a Wasm workload: sign its manifest and policy, encrypt it, store its key.
     Seal(commands::seal::SealArgs),
+    /// Deploy a sealed bundle to a running appliance.
+    Deploy(commands::workload::DeployArgs),
+    /// List your workloads on an appliance.
+    Ps(commands::workload::PsArgs),
+    /// Show (or follow) a workload's log: its stdout, stderr and the appliance's events.
+    Logs(commands::workload::LogsArgs),
+    /// Stop a workload (its state stays).
+    Stop(commands::workload::NameArgs),
+    /// Remove a workload and its state.
+    Rm(commands::workload::NameArgs),
 }
 
 /// Run one command.
@@ -69,5 +79,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Initdata(a) => commands::initdata::run(a),
         Command::Keygen(a) => commands::seal::keygen(a),
         Command::Seal(a) => commands::seal::seal_command(a),
+        Command::Deploy(a) => commands::workload::deploy(a),
+        Command::Ps(a) => commands::workload::ps(a),
+        Command::Logs(a) => commands::workload::logs(a),
+        Command::Stop(a) => commands::workload::stop(a),
+        Command::Rm(a) => commands::workload::rm(a),
     }
 }

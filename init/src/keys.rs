@@ -3,11 +3,9 @@
 //! ever live in memory (zeroised on drop) and are never logged.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use cvm_attest::EventLog;
-use cvm_kbs_client::attester::Attester;
 use cvm_kbs_client::client::{ClientConfig, ClientError, KbsClient};
 use cvm_kbs_client::http::BrokerTls;
 use tracing::info;
@@ -15,36 +13,14 @@ use zeroize::Zeroizing;
 
 use crate::initdata::KeyRelease;
 
-/// Where the kernel publishes the firmware's TCG event log.
-pub const FIRMWARE_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+pub use cvm_kbs_client::attester::guest::{Platform, detect};
+
 /// Per-request timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts after the first when the broker is unreachable.
 pub const RETRIES: u32 = 5;
 /// First retry delay (doubling, capped at 8×: about 20 s of retries in all).
 pub const BACKOFF: Duration = Duration::from_millis(1000);
-
-/// The platform whose evidence PID1 sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Platform {
-    /// SEV-SNP (report data carries the runtime-data digest).
-    Snp,
-    /// TDX.
-    Tdx,
-    /// A TPM (the `qemu` platform's vTPM).
-    Tpm,
-}
-
-/// The platform this guest runs on: SNP or TDX hardware if present, else the TPM.
-pub fn detect() -> Platform {
-    if Path::new(cvm_attest::snp::attester::SEV_GUEST_DEVICE).exists() {
-        Platform::Snp
-    } else if Path::new("/dev/tdx_guest").exists() {
-        Platform::Tdx
-    } else {
-        Platform::Tpm
-    }
-}
 
 /// Key release that failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,30 +56,6 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-fn attester(
-    platform: Platform,
-    tcti: Option<&str>,
-    runtime_log: &EventLog,
-) -> Result<Box<dyn Attester>, KeyError> {
-    match platform {
-        Platform::Snp => Ok(Box::new(cvm_kbs_client::attester::cc::SnpAttester)),
-        Platform::Tdx => Ok(Box::new(cvm_kbs_client::attester::cc::TdxAttester)),
-        Platform::Tpm => {
-            let tcti = tcti.ok_or_else(|| {
-                KeyError::NoAttester("no SEV-SNP, TDX or TPM device to attest with".into())
-            })?;
-            let firmware = std::fs::read(FIRMWARE_LOG).ok();
-            let a = cvm_kbs_client::attester::tpm::TpmRcarAttester::new(
-                tcti,
-                firmware,
-                Some(runtime_log.clone()),
-            )
-            .map_err(KeyError::NoAttester)?;
-            Ok(Box::new(a))
-        }
-    }
-}
-
 /// Attest and fetch everything `settings` asks for.
 pub fn release(
     settings: &KeyRelease,
@@ -125,7 +77,8 @@ pub fn release(
     config.backoff = BACKOFF;
     config.init_data = Some(settings.body.clone());
     let mut client = KbsClient::new(config).map_err(client_err)?;
-    let mut attester = attester(platform, tcti, runtime_log)?;
+    let mut attester = cvm_kbs_client::attester::guest::attester(platform, tcti, runtime_log)
+        .map_err(KeyError::NoAttester)?;
     client.attest(attester.as_mut()).map_err(client_err)?;
     info!(broker = %settings.broker_url, ?platform, "attested");
     let state_key = match &settings.state_device {

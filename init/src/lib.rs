@@ -129,6 +129,11 @@ fn boot() -> Result<&'static str, InitError> {
 
 /// Where PID1 leaves the trusted owner keys for the agent (public, not secret).
 pub const OWNERS_PATH: &str = "/run/cvm/owners.pem";
+/// Where PID1 leaves the init-data body (exactly the bound bytes) for the agent, which
+/// presents it to the broker when it fetches workload keys.
+pub const INITDATA_PATH: &str = "/run/cvm/initdata.toml";
+/// Where PID1 leaves the broker CA the init-data pins, for the agent.
+pub const BROKER_CA_PATH: &str = "/run/cvm/broker-ca.pem";
 
 /// What key release left for the rest of the boot.
 #[derive(Debug, Default)]
@@ -137,6 +142,8 @@ struct Released {
     secrets: Option<secrets::SecretsFd>,
     state_open: bool,
     owners: bool,
+    /// The broker's URL and whether a CA is pinned (the agent fetches workload keys).
+    broker: Option<(String, bool)>,
 }
 
 impl Released {
@@ -150,6 +157,13 @@ impl Released {
         }
         if self.owners {
             args.extend(["--owners".to_owned(), OWNERS_PATH.to_owned()]);
+        }
+        if let Some((url, ca)) = &self.broker {
+            args.extend(["--broker".to_owned(), url.clone()]);
+            args.extend(["--initdata".to_owned(), INITDATA_PATH.to_owned()]);
+            if *ca {
+                args.extend(["--broker-ca".to_owned(), BROKER_CA_PATH.to_owned()]);
+            }
         }
         args
     }
@@ -197,12 +211,17 @@ fn release_keys(config: &Config, log: &RuntimeLog) -> Result<Released, InitError
     if let Some(pem) = &settings.owners {
         fs::write(OWNERS_PATH, pem).map_err(io("write", OWNERS_PATH))?;
     }
+    fs::write(INITDATA_PATH, &settings.body).map_err(io("write", INITDATA_PATH))?;
+    if let Some(ca) = &settings.broker_ca {
+        fs::write(BROKER_CA_PATH, ca).map_err(io("write", BROKER_CA_PATH))?;
+    }
     // Created last: every child spawned from here on (only the agent) inherits it.
     let secrets = secrets::SecretsFd::new(&keys.resources)?;
     Ok(Released {
         secrets: Some(secrets),
         state_open,
         owners: settings.owners.is_some(),
+        broker: Some((settings.broker_url.clone(), settings.broker_ca.is_some())),
     })
 }
 

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 #[cfg(any(feature = "snp", feature = "tdx"))]
 pub mod cc;
+#[cfg(all(feature = "tpm", feature = "snp", feature = "tdx"))]
+pub mod guest;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 

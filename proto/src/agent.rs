@@ -95,3 +95,110 @@ pub struct StateStatus {
     /// workloads this appliance accepts, from its init-data.
     pub owners: Vec<String>,
 }
+
+/// Where a workload is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadState {
+    /// Its runtime is compiling it.
+    Starting,
+    /// Serving (or, for a command, running).
+    Running,
+    /// A command that finished (see `exit_code`).
+    Exited,
+    /// Stopped by its owner.
+    Stopped,
+    /// Stopped by a limit, a trap or a crash, or never started (see `reason`).
+    Failed,
+}
+
+/// `GET /v1/workloads/NAME` (and each item of `GET /v1/workloads`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadStatus {
+    /// The manifest's name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: String,
+    /// Hex kid of the owner key that signed it.
+    pub owner: String,
+    /// SHA-256 of the signed manifest: what the event log holds for it.
+    pub manifest_sha256: String,
+    /// SHA-256 of the Wasm.
+    pub wasm_sha256: String,
+    /// `http-component`, `command-component` or `preview1-module`, once compiled.
+    pub kind: Option<String>,
+    /// Where it is.
+    pub state: WorkloadState,
+    /// Why it failed or stopped.
+    pub reason: Option<String>,
+    /// A command's exit code.
+    pub exit_code: Option<i32>,
+    /// The guest port the agent serves it on (`http` workloads).
+    pub http_port: Option<u16>,
+    /// Times its runtime was restarted after a crash.
+    pub restarts: u32,
+    /// Requests or calls the policy refused.
+    pub denials: u64,
+    /// Requests that failed inside the workload (a trap or a limit).
+    pub failed_requests: u64,
+    /// Resident memory of its runtime process, bytes (while it runs).
+    pub rss_bytes: Option<u64>,
+    /// Compile time in the guest, ms.
+    pub compile_ms: Option<u64>,
+    /// Unix seconds it was deployed.
+    pub deployed_at: u64,
+}
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogStream {
+    /// The workload's stdout.
+    Stdout,
+    /// The workload's stderr.
+    Stderr,
+    /// The runtime's and agent's account of it (compiled, denied, failed, stopped).
+    Event,
+}
+
+/// One line of `GET /v1/workloads/NAME/logs` (JSON lines; `?follow=1` streams).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    /// Position in the workload's log (resume with `?since=SEQ`).
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// Its stream.
+    pub stream: LogStream,
+    /// The text, without its newline.
+    pub text: String,
+}
+
+/// Header naming the owner key (hex kid) that signed a request.
+pub const HEADER_OWNER: &str = "x-cvm-owner";
+/// Header with the request's Unix time, seconds.
+pub const HEADER_TIME: &str = "x-cvm-time";
+/// Header with the owner's signature (standard base64) over
+/// [`request_signing_input`].
+pub const HEADER_SIGNATURE: &str = "x-cvm-signature";
+/// How far a signed request's time may be from the agent's clock, seconds.
+pub const REQUEST_MAX_SKEW: u64 = 300;
+
+/// The bytes an owner signs to make a request to the agent: the method, the path with
+/// its query, the time, the body's SHA-256 and the agent's TLS key (SHA-256 of its
+/// SubjectPublicKeyInfo, hex; empty over plain HTTP) — so a signature is good for one
+/// request, to one appliance, for a few minutes.
+pub fn request_signing_input(
+    method: &str,
+    path_and_query: &str,
+    time: u64,
+    body_sha256_hex: &str,
+    agent_key_sha256_hex: &str,
+) -> Vec<u8> {
+    format!(
+        "cvm-agent-request/1\n{method}\n{path_and_query}\n{time}\n{body_sha256_hex}\n{agent_key_sha256_hex}\n"
+    )
+    .into_bytes()
+}

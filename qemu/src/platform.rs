@@ -89,6 +89,8 @@ pub struct VmSpec {
     pub tpm_socket: Option<PathBuf>,
     /// Host port forwarded (on 127.0.0.1) to the agent's guest port.
     pub host_port: Option<u16>,
+    /// More forwards (host port on 127.0.0.1, guest port): workloads' HTTP ports.
+    pub forwards: Vec<(u16, u16)>,
     /// QMP socket.
     pub qmp_socket: Option<PathBuf>,
     /// Init-data (TOML) handed to the guest through fw_cfg as `opt/cvm/initdata`.
@@ -232,10 +234,13 @@ pub fn command_line(spec: &VmSpec) -> Result<Vec<String>, SpecError> {
     } else {
         ",disable-legacy=on,iommu_platform=on"
     };
-    let netdev = match spec.host_port {
+    let mut netdev = match spec.host_port {
         Some(port) => format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_GUEST_PORT}"),
         None => "user,id=net0".to_owned(),
     };
+    for (host, guest) in &spec.forwards {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
     // romfile= skips the iPXE option ROM: the guest never network-boots.
     let nic = format!("virtio-net-pci,netdev=net0,romfile={cc}");
     let rng = format!("virtio-rng-pci,rng=rng0{cc}");
@@ -299,6 +304,7 @@ mod tests {
             cmdline: "console=ttyS0 panic=-1".into(),
             tpm_socket: (platform == Platform::Qemu).then(|| "/run/swtpm.sock".into()),
             host_port: Some(18080),
+            forwards: Vec::new(),
             qmp_socket: Some("/run/qmp.sock".into()),
             initdata: None,
             state_disk: None,

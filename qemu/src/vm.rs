@@ -47,6 +47,8 @@ pub struct VmOptions {
     pub ca_dir: PathBuf,
     /// Host port forwarded to the agent; `None` picks a free one.
     pub host_port: Option<u16>,
+    /// More forwards (host port on 127.0.0.1, guest port): workloads' HTTP ports.
+    pub forwards: Vec<(u16, u16)>,
     /// Serial console log file.
     pub serial_log: PathBuf,
     /// Echo the console to stderr as it arrives.
@@ -162,6 +164,7 @@ impl Vm {
             cmdline: opts.cmdline.clone(),
             tpm_socket: swtpm.as_ref().map(|t| t.socket().to_owned()),
             host_port: Some(host_port),
+            forwards: opts.forwards.clone(),
             qmp_socket: Some(qmp.clone()),
             initdata: opts.initdata.clone(),
             state_disk: opts.state_disk.clone(),

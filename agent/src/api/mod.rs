@@ -2,14 +2,17 @@
 //! The core modules never see HTTP types.
 
 mod attestation;
+pub mod auth;
 mod eventlog;
 mod healthz;
 mod state;
+mod workloads;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use cvm_proto::agent::ErrorBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -23,8 +26,13 @@ use tracing::debug;
 
 use crate::AgentState;
 
-/// The response body type of every handler.
-pub type Body = Full<Bytes>;
+/// The response body type of every handler (boxed: a followed log streams).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A body of known bytes.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed_unsync()
+}
 
 /// Accept connections forever; each is served on its own task.
 pub async fn serve(listener: TcpListener, state: Arc<AgentState>) -> std::io::Result<()> {
@@ -46,12 +54,28 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) -> std::io::Re
     }
 }
 
-/// Largest request body accepted (an activation request is about 400 bytes).
+/// Largest request body accepted (an activation request is about 400 bytes), but for
+/// a bundle.
 const MAX_REQUEST_BODY: usize = 64 << 10;
+
+/// Read the body up to `limit` bytes.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BadRequest",
+            format!("request body unreadable or over {limit} bytes: {e}"),
+        )),
+    }
+}
 
 async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if path == "/v1/workloads" || path.starts_with("/v1/workloads/") || path == "/v1/metrics" {
+        return route_workloads(req, state).await;
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => healthz::get(),
         (&Method::GET, "/v1/eventlog") => eventlog::get(state),
@@ -63,18 +87,9 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
             attestation::evidence(state.attestation.clone(), req.uri().query()).await
         }
         (&Method::POST, "/v1/attestation/activate") => {
-            match Limited::new(req.into_body(), MAX_REQUEST_BODY)
-                .collect()
-                .await
-            {
-                Ok(body) => {
-                    attestation::activate(state.attestation.clone(), &body.to_bytes()).await
-                }
-                Err(e) => error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "BadRequest",
-                    format!("request body unreadable or over {MAX_REQUEST_BODY} bytes: {e}"),
-                ),
+            match read_body(req.into_body(), MAX_REQUEST_BODY).await {
+                Ok(body) => attestation::activate(state.attestation.clone(), &body).await,
+                Err(resp) => resp,
             }
         }
         (
@@ -98,11 +113,55 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
     }
 }
 
+/// The workload API: the deploy is authorised by its bundle's signature, everything
+/// else by an owner-signed request, and an owner sees only its own workloads.
+async fn route_workloads(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let method = parts.method.clone();
+    if method == Method::POST && path == "/v1/workloads" {
+        return match read_body(body, cvm_runtime::bundle::MAX_BUNDLE).await {
+            Ok(bundle) => workloads::deploy(&state.workloads, &bundle).await,
+            Err(resp) => resp,
+        };
+    }
+    let body = match read_body(body, MAX_REQUEST_BODY).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let owner = match auth::authorize(
+        &parts,
+        &body,
+        &state.owners,
+        &state.tls_key_sha256,
+        &state.replay,
+    ) {
+        Ok(kid) => kid,
+        Err(detail) => return error(StatusCode::UNAUTHORIZED, "Unauthorized", detail),
+    };
+    let w = &state.workloads;
+    let rest = path.strip_prefix("/v1/workloads/").unwrap_or("");
+    let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
+    match (&method, path.as_str(), action) {
+        (&Method::GET, "/v1/workloads", _) => workloads::list(w, &owner),
+        (&Method::GET, "/v1/metrics", _) => workloads::metrics(w, &owner),
+        (&Method::GET, _, "") if !name.is_empty() => workloads::status(w, name, &owner),
+        (&Method::DELETE, _, "") if !name.is_empty() => workloads::remove(w, name, &owner).await,
+        (&Method::GET, _, "logs") => workloads::logs(w, name, &owner, parts.uri.query()),
+        (&Method::POST, _, "stop") => workloads::stop(w, name, &owner).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no endpoint {method} {path}"),
+        ),
+    }
+}
+
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(bytes) => {
-            let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+            let mut resp = Response::new(full(Bytes::from(bytes)));
             *resp.status_mut() = status;
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -123,7 +182,7 @@ pub fn error(status: StatusCode, kind: &str, detail: String) -> Response<Body> {
         detail,
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = Response::new(full(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -134,6 +134,33 @@ impl RuntimeLog {
         }
     }
 
+    /// Take over the log another process (PID1) kept at `path`, for the same register:
+    /// later measurements append to it. A log for another register is refused, so the
+    /// log can never stop mirroring the register it claims.
+    pub fn resume(
+        register: Box<dyn MeasurementRegister>,
+        path: PathBuf,
+    ) -> Result<Self, RegisterError> {
+        let err = |source| RegisterError::Persist {
+            path: path.clone(),
+            source,
+        };
+        let bytes = fs::read(&path).map_err(err)?;
+        let log = EventLog::parse(&bytes).map_err(|e| err(std::io::Error::other(e)))?;
+        if log.register != register.id() {
+            return Err(err(std::io::Error::other(format!(
+                "the log mirrors {:?}, not {:?}",
+                log.register,
+                register.id()
+            ))));
+        }
+        Ok(RuntimeLog {
+            register,
+            log,
+            path: Some(path),
+        })
+    }
+
     /// Measure `data`: extend the register, then append and persist the record.
     pub fn measure(
         &mut self,
@@ -217,5 +244,27 @@ mod tests {
         }
         on_disk.verify_replay(HashAlg::Sha256, &expect).unwrap();
         assert!(!path.with_extension("json.tmp").exists());
+
+        // The agent resumes PID1's log and appends; the whole log still replays.
+        let pcr = SoftPcr(expect.clone());
+        let mut resumed = RuntimeLog::resume(Box::new(pcr), path.clone()).unwrap();
+        resumed
+            .measure(
+                EventKind::WorkloadManifest,
+                "hello 1.0 owner=ab",
+                b"manifest",
+            )
+            .unwrap();
+        let on_disk = EventLog::parse(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(on_disk.records.len(), 3);
+        let expect = HashAlg::Sha256.extend(&expect, &HashAlg::Sha256.hash(b"manifest"));
+        on_disk.verify_replay(HashAlg::Sha256, &expect).unwrap();
+        assert_eq!(on_disk.all(EventKind::WorkloadManifest).count(), 1);
+
+        // A log for another register is not taken over.
+        let e = RuntimeLog::resume(Box::new(NoRegister), path)
+            .err()
+            .unwrap();
+        assert!(format!("{:?}", e).contains("mirrors"), "{e:?}");
     }
 }

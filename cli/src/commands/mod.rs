@@ -11,6 +11,7 @@ pub mod measure;
 pub mod run;
 pub mod seal;
 pub mod status;
+pub mod workload;
 
 use std::path::Path;
 

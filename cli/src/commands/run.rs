@@ -68,6 +68,25 @@ pub struct VmArgs {
     /// Size of a new state disk, MiB.
     #[arg(long, default_value_t = 64)]
     pub state_size: u64,
+    /// With --broker: an owner public key (`cvm keygen`'s .pub) whose sealed workloads
+    /// the appliance accepts (repeatable).
+    #[arg(long = "owner", value_name = "PEM", requires = "broker")]
+    pub owners: Vec<PathBuf>,
+    /// Forward a host port (on 127.0.0.1) to a guest port, e.g. a workload's HTTP
+    /// port: HOST:GUEST (repeatable).
+    #[arg(long = "forward", value_name = "HOST:GUEST", value_parser = parse_forward)]
+    pub forwards: Vec<(u16, u16)>,
+}
+
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST ports")?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(format!("{p} is not a port (1-65535)"))
+    };
+    Ok((port(h)?, port(g)?))
 }
 
 /// The broker URL as a guest under QEMU's user network reaches it: the host's loopback
@@ -146,7 +165,7 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
                 state_key: None,
                 no_state: args.state_disk.is_none(),
                 resources: Vec::new(),
-                owners: Vec::new(),
+                owners: args.owners.clone(),
             };
             let path = run_dir.path().join("initdata.toml");
             std::fs::write(&path, super::initdata::render_spec(&spec)?)
@@ -167,6 +186,7 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
         run_dir: run_dir.path().to_owned(),
         ca_dir: paths::swtpm_ca_dir(),
         host_port: args.port,
+        forwards: args.forwards.clone(),
         serial_log: serial_log.clone(),
         echo,
         initdata,

@@ -323,6 +323,7 @@ impl ParsedBundle {
         Ok(VerifiedBundle {
             manifest,
             digest: Sha256::digest(&payload).into(),
+            payload,
             owner: key.kid(),
             encrypt0: self.encrypt0,
         })
@@ -335,6 +336,7 @@ impl ParsedBundle {
 pub struct VerifiedBundle {
     manifest: Manifest,
     digest: [u8; 32],
+    payload: Vec<u8>,
     owner: Vec<u8>,
     encrypt0: CoseEncrypt0,
 }
@@ -349,6 +351,11 @@ impl VerifiedBundle {
     /// identity a broker policy can bind its key to.
     pub fn manifest_digest(&self) -> [u8; 32] {
         self.digest
+    }
+
+    /// The signed manifest bytes (their SHA-256 is [`Self::manifest_digest`]).
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.payload
     }
 
     /// The signing owner key's kid.

@@ -1,0 +1,93 @@
+//! Workload content keys from the key broker PID1 attested to (the init-data's): a
+//! fresh attestation per fetch, with the runtime log as it is now — it already holds
+//! the workload's manifest, so a broker policy can bind the key to that workload.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cvm_attest::EventLog;
+use cvm_kbs_client::attester::guest;
+use cvm_kbs_client::client::{ClientConfig, KbsClient};
+use cvm_kbs_client::http::BrokerTls;
+use zeroize::Zeroizing;
+
+/// Per-request timeout.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts after the first when the broker is unreachable.
+const RETRIES: u32 = 2;
+/// First retry delay.
+const BACKOFF: Duration = Duration::from_millis(500);
+
+/// The broker and what the agent presents to it.
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    tls: BrokerTls,
+    initdata: String,
+    tcti: Option<String>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// From the files PID1 left: the init-data body and the pinned CA (absent: plain
+    /// HTTP, which PID1 only allowed when the init-data said so).
+    pub fn load(
+        url: &str,
+        ca: Option<&Path>,
+        initdata: &Path,
+        tcti: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()));
+        let tls = match ca {
+            Some(p) => BrokerTls::Pinned(read(p)?),
+            None => BrokerTls::InsecureHttp,
+        };
+        let initdata = String::from_utf8(read(initdata)?)
+            .map_err(|_| anyhow::anyhow!("{} is not UTF-8", initdata.display()))?;
+        Ok(Self {
+            url: url.to_owned(),
+            tls,
+            initdata,
+            tcti,
+        })
+    }
+
+    /// The broker's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Attest with this guest's evidence and fetch `resource` (blocking).
+    pub fn fetch(
+        &self,
+        resource: &str,
+        runtime_log: &EventLog,
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        let mut config = ClientConfig::new(&self.url, self.tls.clone());
+        config.timeout = TIMEOUT;
+        config.retries = RETRIES;
+        config.backoff = BACKOFF;
+        config.init_data = Some(self.initdata.clone());
+        let chain = |e: &dyn std::error::Error| {
+            let mut s = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        };
+        let mut client = KbsClient::new(config).map_err(|e| chain(&e))?;
+        let mut attester = guest::attester(guest::detect(), self.tcti.as_deref(), runtime_log)?;
+        client.attest(attester.as_mut()).map_err(|e| chain(&e))?;
+        client.resource(resource).map_err(|e| chain(&e))
+    }
+}

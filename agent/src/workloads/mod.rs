@@ -1,0 +1,423 @@
+//! Sealed workloads on this appliance: deployed from bundles (see [`deploy`] for the
+//! order of checks), each run by its own `cvm-wasm` process ([`process`]), its log kept
+//! in memory ([`logs`]), its `wasi:http` port proxied by the agent ([`proxy`]).
+//!
+//! Layout: `RUN_DIR/NAME/` (tmpfs) holds the verified Wasm, the policy and the two
+//! sockets; `STATE/workloads/NAME/files/` (the encrypted state volume) is the root its
+//! preopens are resolved beneath. Deleting a workload deletes both.
+
+pub mod deploy;
+pub mod logs;
+pub mod process;
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cvm_proto::agent::{LogStream, WorkloadState, WorkloadStatus};
+use cvm_runtime::bundle::owner::OwnerKeys;
+use cvm_runtime::launch::{StatusEvent, WasmKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::runtime_log::Measurements;
+pub use deploy::DeployError;
+use logs::LogBuffer;
+
+/// Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the workloads share: where things are and who to ask.
+#[derive(Debug)]
+pub struct Context {
+    /// The runtime binary.
+    pub runtime: PathBuf,
+    /// Run folders (tmpfs).
+    pub run_dir: PathBuf,
+    /// The encrypted state volume, if mounted.
+    pub state_dir: Option<PathBuf>,
+    /// The agent API's own port (no workload may take it).
+    pub api_port: u16,
+    /// Owners whose bundles are accepted.
+    pub owners: OwnerKeys,
+    /// Where content keys come from.
+    pub broker: Option<Broker>,
+    /// The runtime event log.
+    pub measurements: Arc<Measurements>,
+}
+
+/// Mutable facts about one workload.
+#[derive(Debug)]
+struct Record {
+    status: WorkloadStatus,
+    owner: Vec<u8>,
+    kind: Option<WasmKind>,
+    pid: Option<u32>,
+    reached_running: bool,
+}
+
+/// One workload.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its name.
+    pub name: String,
+    record: Mutex<Record>,
+    /// Its log.
+    pub logs: LogBuffer,
+    state: watch::Sender<WorkloadState>,
+    stop: watch::Sender<bool>,
+    proxy: Mutex<Option<JoinHandle<()>>>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Entry {
+    fn new(status: WorkloadStatus, owner: Vec<u8>) -> Self {
+        Self {
+            name: status.name.clone(),
+            state: watch::channel(status.state).0,
+            record: Mutex::new(Record {
+                status,
+                owner,
+                kind: None,
+                pid: None,
+                reached_running: false,
+            }),
+            logs: LogBuffer::default(),
+            stop: watch::channel(false).0,
+            proxy: Mutex::new(None),
+            supervisor: Mutex::new(None),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Record) -> T) -> Option<T> {
+        self.record.lock().ok().map(|mut r| f(&mut r))
+    }
+
+    /// Its status now, with the runtime's resident memory.
+    pub fn status(&self) -> Option<WorkloadStatus> {
+        self.with(|r| {
+            let mut s = r.status.clone();
+            s.rss_bytes = r.pid.and_then(rss_bytes);
+            s
+        })
+    }
+
+    /// The kid of the owner that signed it.
+    pub fn owner(&self) -> Vec<u8> {
+        self.with(|r| r.owner.clone()).unwrap_or_default()
+    }
+
+    fn state(&self) -> WorkloadState {
+        *self.state.borrow()
+    }
+
+    fn set_state(&self, state: WorkloadState) {
+        self.with(|r| {
+            r.status.state = state;
+            if state == WorkloadState::Running {
+                r.reached_running = true;
+            }
+        });
+        self.state.send_replace(state);
+    }
+
+    fn kind(&self) -> Option<WasmKind> {
+        self.with(|r| r.kind).flatten()
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.with(|r| r.status.reason.clone()).flatten()
+    }
+
+    fn reached_running(&self) -> bool {
+        self.with(|r| r.reached_running).unwrap_or(false)
+    }
+
+    fn set_pid(&self, pid: Option<u32>) {
+        self.with(|r| r.pid = pid);
+    }
+
+    fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    fn stop_requested(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// A status event from the runtime.
+    fn on_event(&self, ev: StatusEvent) {
+        let line = match &ev {
+            StatusEvent::Compiled { kind, ms } => {
+                format!("compiled as {} in {ms} ms", kind_name(*kind))
+            }
+            StatusEvent::Ready { .. } => "ready".to_owned(),
+            StatusEvent::Denied { what, detail } => format!("denied {what}: {detail}"),
+            StatusEvent::RequestFailed { reason } => format!("request failed: {reason}"),
+            StatusEvent::Exited { code } => format!("exited with code {code}"),
+            StatusEvent::Failed { reason } => format!("failed: {reason}"),
+        };
+        self.logs.push(LogStream::Event, &line);
+        match ev {
+            StatusEvent::Compiled { kind, ms } => {
+                self.with(|r| {
+                    r.kind = Some(kind);
+                    r.status.kind = Some(kind_name(kind).to_owned());
+                    r.status.compile_ms = Some(ms);
+                });
+            }
+            StatusEvent::Ready { .. } => self.set_state(WorkloadState::Running),
+            StatusEvent::Denied { .. } => {
+                self.with(|r| r.status.denials += 1);
+            }
+            StatusEvent::RequestFailed { .. } => {
+                self.with(|r| r.status.failed_requests += 1);
+            }
+            StatusEvent::Exited { code } => {
+                self.with(|r| r.status.exit_code = Some(code));
+                self.set_state(WorkloadState::Exited);
+            }
+            StatusEvent::Failed { reason } => {
+                self.with(|r| r.status.reason = Some(reason));
+                self.set_state(WorkloadState::Failed);
+            }
+        }
+    }
+
+    /// The agent's own failure report (the runtime never got to say anything).
+    fn event_failed(&self, reason: String) {
+        self.on_event(StatusEvent::Failed { reason });
+    }
+
+    fn restarting(&self, why: &str, delay: Duration) {
+        let n = self
+            .with(|r| {
+                r.status.restarts += 1;
+                r.status.reason = None;
+                r.status.restarts
+            })
+            .unwrap_or(0);
+        self.logs.push(
+            LogStream::Event,
+            &format!(
+                "runtime ended ({why}); restart {n} in {} ms",
+                delay.as_millis()
+            ),
+        );
+        self.set_state(WorkloadState::Starting);
+    }
+
+    /// The final state, with a reason when one is given.
+    fn finish(&self, state: WorkloadState, reason: Option<String>) {
+        if let Some(reason) = &reason {
+            self.logs.push(LogStream::Event, reason);
+            self.with(|r| r.status.reason = Some(reason.clone()));
+        }
+        self.set_state(state);
+    }
+}
+
+fn kind_name(kind: WasmKind) -> &'static str {
+    match kind {
+        WasmKind::HttpComponent => "http-component",
+        WasmKind::CommandComponent => "command-component",
+        WasmKind::Preview1Module => "preview1-module",
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// A request about a workload that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// No such workload (or not the caller's).
+    #[error("no workload {0}")]
+    NotFound(String),
+    /// It is not running.
+    #[error("workload {0} is not running")]
+    NotRunning(String),
+}
+
+/// Every workload of this appliance.
+#[derive(Debug)]
+pub struct Workloads {
+    ctx: Context,
+    entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+}
+
+impl Workloads {
+    /// No workloads yet.
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            ctx,
+            entries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The workload `name`, if `owner` (a kid) is its owner.
+    pub fn get(&self, name: &str, owner: &[u8]) -> Result<Arc<Entry>, WorkloadError> {
+        self.entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(name).cloned())
+            .filter(|e| e.owner() == owner)
+            .ok_or_else(|| WorkloadError::NotFound(name.to_owned()))
+    }
+
+    /// The workloads `owner` deployed (all of them for `None`).
+    pub fn list(&self, owner: Option<&[u8]>) -> Vec<WorkloadStatus> {
+        let entries: Vec<Arc<Entry>> = self
+            .entries
+            .lock()
+            .map(|e| e.values().cloned().collect())
+            .unwrap_or_default();
+        entries
+            .iter()
+            .filter(|e| owner.is_none_or(|o| e.owner() == o))
+            .filter_map(|e| e.status())
+            .collect()
+    }
+
+    /// Stop a running workload (its files stay; `remove` deletes them).
+    pub async fn stop(&self, name: &str, owner: &[u8]) -> Result<WorkloadStatus, WorkloadError> {
+        let entry = self.get(name, owner)?;
+        let running = matches!(
+            entry.state(),
+            WorkloadState::Starting | WorkloadState::Running
+        );
+        if !running {
+            return Err(WorkloadError::NotRunning(name.to_owned()));
+        }
+        halt(&entry).await;
+        entry
+            .status()
+            .ok_or_else(|| WorkloadError::NotFound(name.to_owned()))
+    }
+
+    /// Stop it and delete its run folder and its state.
+    pub async fn remove(&self, name: &str, owner: &[u8]) -> Result<(), WorkloadError> {
+        let entry = self.get(name, owner)?;
+        halt(&entry).await;
+        self.discard(name, true);
+        Ok(())
+    }
+
+    /// Forget `name` and delete its run folder (and its state when `state`).
+    fn discard(&self, name: &str, state: bool) {
+        if let Ok(mut e) = self.entries.lock()
+            && let Some(entry) = e.remove(name)
+            && let Ok(mut p) = entry.proxy.lock()
+            && let Some(p) = p.take()
+        {
+            p.abort();
+        }
+        let _ = std::fs::remove_dir_all(self.ctx.run_dir.join(name));
+        if state && let Some(dir) = self.workload_state(name) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    fn workload_state(&self, name: &str) -> Option<PathBuf> {
+        self.ctx
+            .state_dir
+            .as_ref()
+            .map(|s| s.join("workloads").join(name))
+    }
+
+    /// Prometheus text exposition of `owner`'s workloads (all for `None`) and the agent.
+    pub fn metrics(&self, owner: Option<&[u8]>) -> String {
+        let all = self.list(owner);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in rows {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        let per = |f: &dyn Fn(&WorkloadStatus) -> Option<String>| {
+            all.iter()
+                .filter_map(|w| f(w).map(|v| (format!("{{workload=\"{}\"}}", w.name), v)))
+                .collect::<Vec<_>>()
+        };
+        let mut states = BTreeMap::new();
+        for w in &all {
+            *states
+                .entry(format!("{:?}", w.state).to_lowercase())
+                .or_insert(0u64) += 1;
+        }
+        metric(
+            "cvm_workloads",
+            "gauge",
+            "Workloads by state.",
+            states
+                .into_iter()
+                .map(|(s, n)| (format!("{{state=\"{s}\"}}"), n.to_string()))
+                .collect(),
+        );
+        metric(
+            "cvm_workload_memory_bytes",
+            "gauge",
+            "Resident memory of the workload's runtime process.",
+            per(&|w| w.rss_bytes.map(|b| b.to_string())),
+        );
+        metric(
+            "cvm_workload_restarts_total",
+            "counter",
+            "Runtime restarts after a crash.",
+            per(&|w| Some(w.restarts.to_string())),
+        );
+        metric(
+            "cvm_workload_denials_total",
+            "counter",
+            "Uses of a capability the policy does not grant.",
+            per(&|w| Some(w.denials.to_string())),
+        );
+        metric(
+            "cvm_workload_failed_requests_total",
+            "counter",
+            "Requests stopped by a trap or a limit.",
+            per(&|w| Some(w.failed_requests.to_string())),
+        );
+        metric(
+            "cvm_agent_memory_bytes",
+            "gauge",
+            "Resident memory of the agent.",
+            rss_bytes(std::process::id())
+                .map(|b| vec![(String::new(), b.to_string())])
+                .unwrap_or_default(),
+        );
+        out
+    }
+}
+
+/// Stop the runtime and wait for its supervisor to record it.
+async fn halt(entry: &Arc<Entry>) {
+    entry.stop.send_replace(true);
+    let handle = entry.supervisor.lock().ok().and_then(|mut s| s.take());
+    if let Some(h) = handle {
+        let _ = h.await;
+    }
+    if let Ok(mut p) = entry.proxy.lock()
+        && let Some(p) = p.take()
+    {
+        p.abort();
+    }
+}

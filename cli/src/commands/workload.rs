@@ -1,0 +1,245 @@
+//! `cvm deploy`, `cvm ps`, `cvm logs`, `cvm stop`, `cvm rm`: the service owner's side of
+//! the appliance's workloads. A deploy is authorised by the bundle's own signature;
+//! everything else is a request signed with the owner key, so the agent answers only
+//! about that owner's workloads.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use cvm_proto::agent::{
+    HEADER_OWNER, HEADER_SIGNATURE, HEADER_TIME, LogLine, LogStream, WorkloadStatus,
+    request_signing_input,
+};
+use cvm_runtime::bundle::owner::OwnerKey;
+use sha2::{Digest as _, Sha256};
+
+use crate::agent_client;
+
+/// Where the agent is and who asks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The agent's API, HOST:PORT (`cvm run` prints it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub to: String,
+    /// The owner's private key (`cvm keygen`), which signs the request.
+    #[arg(long, default_value = "owner.key")]
+    pub owner_key: PathBuf,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cvm deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The sealed bundle (`cvm seal`).
+    pub bundle: PathBuf,
+    /// The agent's API, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub to: String,
+    /// Print the workload's status as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cvm ps`.
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `cvm logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The workload.
+    pub name: String,
+    /// Keep printing lines as they arrive.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start at this line number.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `cvm stop` and `cvm rm`.
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    /// The workload.
+    pub name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Headers that sign one request with the owner key.
+fn signed(
+    target: &Target,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let pem = std::fs::read_to_string(&target.owner_key)
+        .with_context(|| format!("read owner key {} (cvm keygen)", target.owner_key.display()))?;
+    let key = OwnerKey::from_pem(&pem)
+        .with_context(|| format!("owner key {}", target.owner_key.display()))?;
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let input = request_signing_input(method, path, time, &hex::encode(Sha256::digest(body)), "");
+    Ok(vec![
+        (HEADER_OWNER.to_owned(), hex::encode(key.public().kid())),
+        (HEADER_TIME.to_owned(), time.to_string()),
+        (
+            HEADER_SIGNATURE.to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(key.sign(&input)),
+        ),
+    ])
+}
+
+fn call(target: &Target, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    let headers = signed(target, method, path, b"")?;
+    Ok(agent_client::request(
+        &target.to,
+        method,
+        path,
+        b"",
+        "application/json",
+        &headers,
+    )?)
+}
+
+fn describe(w: &WorkloadStatus) -> String {
+    let mut s = format!("{} {} {:?}", w.name, w.version, w.state).to_lowercase();
+    if let Some(p) = w.http_port {
+        s.push_str(&format!(" port {p}"));
+    }
+    if let Some(c) = w.exit_code {
+        s.push_str(&format!(" exit {c}"));
+    }
+    if let Some(r) = &w.reason {
+        s.push_str(&format!(": {r}"));
+    }
+    s
+}
+
+/// `cvm deploy BUNDLE --to HOST:PORT`.
+pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let bundle = std::fs::read(&args.bundle)
+        .with_context(|| format!("read bundle {}", args.bundle.display()))?;
+    let body = agent_client::request(
+        &args.to,
+        "POST",
+        "/v1/workloads",
+        &bundle,
+        "application/cbor",
+        &[],
+    )?;
+    let status: WorkloadStatus = agent_client::decode(&args.to, "POST", "/v1/workloads", &body)?;
+    if args.json {
+        return super::print_json(&status);
+    }
+    println!(
+        "deployed {} (manifest sha256 {}, compiled in {} ms)",
+        describe(&status),
+        status.manifest_sha256,
+        status.compile_ms.unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// `cvm ps`.
+pub fn ps(args: PsArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let body = call(t, "GET", "/v1/workloads")?;
+    let list: Vec<WorkloadStatus> = agent_client::decode(&t.to, "GET", "/v1/workloads", &body)?;
+    if t.json {
+        return super::print_json(&list);
+    }
+    println!(
+        "{:<20} {:<10} {:<9} {:>6} {:>8} {:>8} {:>9}  REASON",
+        "NAME", "VERSION", "STATE", "PORT", "RESTART", "DENIALS", "RSS(KiB)"
+    );
+    for w in &list {
+        println!(
+            "{:<20} {:<10} {:<9} {:>6} {:>8} {:>8} {:>9}  {}",
+            w.name,
+            w.version,
+            format!("{:?}", w.state).to_lowercase(),
+            w.http_port.map_or("-".into(), |p| p.to_string()),
+            w.restarts,
+            w.denials,
+            w.rss_bytes.map_or("-".into(), |b| (b / 1024).to_string()),
+            w.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn print_line(l: &LogLine, json: bool) {
+    if json {
+        if let Ok(s) = serde_json::to_string(l) {
+            println!("{s}");
+        }
+        return;
+    }
+    let tag = match l.stream {
+        LogStream::Stdout => "out",
+        LogStream::Stderr => "err",
+        LogStream::Event => "cvm",
+    };
+    println!("{:>6} {tag} {}", l.seq, l.text);
+}
+
+/// `cvm logs NAME [-f]`.
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let path = format!(
+        "/v1/workloads/{}/logs?since={}{}",
+        args.name,
+        args.since,
+        if args.follow { "&follow=1" } else { "" }
+    );
+    if args.follow {
+        let headers = signed(t, "GET", &path, b"")?;
+        agent_client::stream_lines(&t.to, &path, &headers, |line| {
+            if let Ok(l) = serde_json::from_str::<LogLine>(line) {
+                print_line(&l, t.json);
+            }
+            true
+        })?;
+        return Ok(());
+    }
+    let body = call(t, "GET", &path)?;
+    for line in String::from_utf8_lossy(&body).lines() {
+        let l: LogLine = serde_json::from_str(line).context("a log line from the agent")?;
+        print_line(&l, t.json);
+    }
+    Ok(())
+}
+
+/// `cvm stop NAME`.
+pub fn stop(args: NameArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let path = format!("/v1/workloads/{}/stop", args.name);
+    let body = call(t, "POST", &path)?;
+    let status: WorkloadStatus = agent_client::decode(&t.to, "POST", &path, &body)?;
+    if t.json {
+        return super::print_json(&status);
+    }
+    println!("{}", describe(&status));
+    Ok(())
+}
+
+/// `cvm rm NAME`.
+pub fn rm(args: NameArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    call(t, "DELETE", &format!("/v1/workloads/{}", args.name))?;
+    if t.json {
+        return super::print_json(&serde_json::json!({ "removed": args.name }));
+    }
+    println!("removed {} and its state", args.name);
+    Ok(())
+}
