@@ -180,6 +180,9 @@ pub struct LogLine {
 pub const HEADER_OWNER: &str = "x-cvm-owner";
 /// Header with the request's Unix time, seconds.
 pub const HEADER_TIME: &str = "x-cvm-time";
+/// Header with a fresh random value (hex, 16 bytes or more) that makes each signed
+/// request unique, so a replay is recognised even within one second.
+pub const HEADER_NONCE: &str = "x-cvm-nonce";
 /// Header with the owner's signature (standard base64) over
 /// [`request_signing_input`].
 pub const HEADER_SIGNATURE: &str = "x-cvm-signature";
@@ -187,18 +190,19 @@ pub const HEADER_SIGNATURE: &str = "x-cvm-signature";
 pub const REQUEST_MAX_SKEW: u64 = 300;
 
 /// The bytes an owner signs to make a request to the agent: the method, the path with
-/// its query, the time, the body's SHA-256 and the agent's TLS key (SHA-256 of its
-/// SubjectPublicKeyInfo, hex; empty over plain HTTP) — so a signature is good for one
-/// request, to one appliance, for a few minutes.
+/// its query, the time, a nonce, the body's SHA-256 and the agent's TLS key (SHA-256 of
+/// its SubjectPublicKeyInfo, hex; empty over plain HTTP) — so a signature is good for
+/// one request, to one appliance, once, for a few minutes.
 pub fn request_signing_input(
     method: &str,
     path_and_query: &str,
     time: u64,
+    nonce_hex: &str,
     body_sha256_hex: &str,
     agent_key_sha256_hex: &str,
 ) -> Vec<u8> {
     format!(
-        "cvm-agent-request/1\n{method}\n{path_and_query}\n{time}\n{body_sha256_hex}\n{agent_key_sha256_hex}\n"
+        "cvm-agent-request/1\n{method}\n{path_and_query}\n{time}\n{nonce_hex}\n{body_sha256_hex}\n{agent_key_sha256_hex}\n"
     )
     .into_bytes()
 }

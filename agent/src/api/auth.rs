@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cvm_proto::agent::{
-    HEADER_OWNER, HEADER_SIGNATURE, HEADER_TIME, REQUEST_MAX_SKEW, request_signing_input,
+    HEADER_NONCE, HEADER_OWNER, HEADER_SIGNATURE, HEADER_TIME, REQUEST_MAX_SKEW,
+    request_signing_input,
 };
 use cvm_runtime::bundle::owner::OwnerKeys;
 use hyper::http::request::Parts;
@@ -43,6 +44,12 @@ pub fn authorize(
     let time: u64 = header(HEADER_TIME)?
         .parse()
         .map_err(|_| format!("{HEADER_TIME} is not a number of seconds"))?;
+    let nonce = header(HEADER_NONCE)?;
+    if nonce.len() < 32 || hex::decode(nonce).is_err() {
+        return Err(format!(
+            "{HEADER_NONCE} must be at least 16 random bytes, hex"
+        ));
+    }
     let sig = STANDARD
         .decode(header(HEADER_SIGNATURE)?)
         .map_err(|_| format!("{HEADER_SIGNATURE} is not base64"))?;
@@ -63,12 +70,13 @@ pub fn authorize(
         parts.method.as_str(),
         path,
         time,
+        nonce,
         &hex::encode(Sha256::digest(body)),
         agent_key_sha256,
     );
     key.verify(&input, &sig)
         .map_err(|_| "request signature does not verify (wrong key, altered request, or signed for another appliance)".to_owned())?;
-    let fingerprint: [u8; 32] = Sha256::digest(&sig).into();
+    let fingerprint: [u8; 32] = Sha256::digest(nonce.as_bytes()).into();
     let mut seen = seen
         .0
         .lock()

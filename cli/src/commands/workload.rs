@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use base64::Engine as _;
 use cvm_proto::agent::{
-    HEADER_OWNER, HEADER_SIGNATURE, HEADER_TIME, LogLine, LogStream, WorkloadStatus,
+    HEADER_NONCE, HEADER_OWNER, HEADER_SIGNATURE, HEADER_TIME, LogLine, LogStream, WorkloadStatus,
     request_signing_input,
 };
 use cvm_runtime::bundle::owner::OwnerKey;
@@ -88,10 +88,21 @@ fn signed(
     let time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let input = request_signing_input(method, path, time, &hex::encode(Sha256::digest(body)), "");
+    let mut nonce = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let nonce = hex::encode(nonce);
+    let input = request_signing_input(
+        method,
+        path,
+        time,
+        &nonce,
+        &hex::encode(Sha256::digest(body)),
+        "",
+    );
     Ok(vec![
         (HEADER_OWNER.to_owned(), hex::encode(key.public().kid())),
         (HEADER_TIME.to_owned(), time.to_string()),
+        (HEADER_NONCE.to_owned(), nonce),
         (
             HEADER_SIGNATURE.to_owned(),
             base64::engine::general_purpose::STANDARD.encode(key.sign(&input)),

@@ -1,0 +1,379 @@
+//! Sealed workloads end to end, in one boot of the appliance: the owner seals the
+//! example service on the host (its key uploaded to the broker), deploys it to the
+//! attested guest, calls it through the port the agent proxies, reads its log and
+//! status, finds its manifest in the measured event log, then stops and removes it.
+//! Every bad input is refused with its own reason while the service keeps serving:
+//! an untrusted owner, a tampered bundle, a capability the appliance does not grant,
+//! a key the broker does not hold, a workload that loops past its wall-clock limit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cvm_vm_tests::{Broker, Guest, cvm, enabled, image, json_ok, target_dir};
+use serde_json::Value;
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(o: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected a failure naming {needle:?}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+fn wasm(name: &str) -> PathBuf {
+    let p = target_dir()
+        .parent()
+        .unwrap()
+        .join(format!("wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing: ./scripts/build-workloads",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Owner {
+    key: PathBuf,
+    public: PathBuf,
+}
+
+fn keygen(dir: &Path, name: &str) -> Owner {
+    let key = dir.join(format!("{name}.key"));
+    ok(&cvm(&["keygen", "--out", key.to_str().unwrap()]));
+    Owner {
+        public: key.with_extension("pub"),
+        key,
+    }
+}
+
+/// `cvm seal`; uploads the content key unless `upload` is false.
+fn seal(
+    broker: &Broker,
+    owner: &Owner,
+    wasm: &Path,
+    policy: &str,
+    name: &str,
+    dir: &Path,
+    upload: bool,
+) -> PathBuf {
+    let policy_file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&policy_file, policy).unwrap();
+    let out = dir.join(format!("{name}.bundle"));
+    let resource = format!("default/{name}/key");
+    let mut args = vec![
+        "seal",
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--name",
+        name,
+        "--key-resource",
+        &resource,
+        "--owner-key",
+        owner.key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let key_out = dir.join(format!("{name}.content-key"));
+    let broker_dir = broker.dir.to_str().unwrap();
+    if upload {
+        args.extend(["--upload", "--url", &broker.url, "--dir", broker_dir]);
+    } else {
+        args.extend(["--key-out", key_out.to_str().unwrap()]);
+    }
+    ok(&cvm(&args));
+    out
+}
+
+fn agent_cmd(agent: &str, owner: &Owner, args: &[&str]) -> std::process::Output {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--to", agent, "--owner-key", owner.key.to_str().unwrap()]);
+    cvm(&full)
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .args(if body.is_empty() {
+            vec![]
+        } else {
+            vec!["--data", body]
+        })
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), body.trim().to_owned())
+}
+
+fn ps(agent: &str, owner: &Owner) -> Vec<Value> {
+    let v = json_ok(&agent_cmd(agent, owner, &["ps", "--json"]));
+    v.as_array().unwrap().clone()
+}
+
+#[test]
+fn seal_deploy_call_and_refuse_everything_bad() {
+    if !enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(&d.join("broker"));
+    let owner = keygen(d, "owner");
+    let stranger = keygen(d, "stranger");
+
+    let hello_policy = "env: {GREETING: bonjour}\npreopens: [{dir: data, guest: /data, access: rw}]\nhttp: {port: 8081}\nlimits: {memory_mib: 16, wall_ms: 10000}\n";
+    let hello = seal(
+        &broker,
+        &owner,
+        &wasm("hello"),
+        hello_policy,
+        "hello",
+        d,
+        true,
+    );
+    let foreign = seal(
+        &broker,
+        &stranger,
+        &wasm("hello"),
+        hello_policy,
+        "foreign",
+        d,
+        true,
+    );
+    let greedy = seal(
+        &broker,
+        &owner,
+        &wasm("hello"),
+        "http: {port: 8080}\n",
+        "greedy",
+        d,
+        true,
+    );
+    let keyless = seal(
+        &broker,
+        &owner,
+        &wasm("hello"),
+        "http: {port: 8082}\n",
+        "keyless",
+        d,
+        false,
+    );
+    let spinner = seal(
+        &broker,
+        &owner,
+        &wasm("probe"),
+        "args: [loop]\nlimits: {wall_ms: 500}\n",
+        "spinner",
+        d,
+        true,
+    );
+    // One byte of the ciphertext flipped (the bundle ends with it).
+    let mut bytes = std::fs::read(&hello).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let tampered = d.join("tampered.bundle");
+    std::fs::write(&tampered, &bytes).unwrap();
+
+    let init = d.join("initdata.toml");
+    ok(&cvm(&[
+        "initdata",
+        "--broker",
+        &broker.guest_url(),
+        "--broker-ca",
+        broker.ca.to_str().unwrap(),
+        "--owner",
+        owner.public.to_str().unwrap(),
+        "--out",
+        init.to_str().unwrap(),
+    ]));
+    let reference = json_ok(&cvm(&[
+        "measure",
+        "--platform",
+        "qemu",
+        "--image",
+        image().to_str().unwrap(),
+        "--initdata",
+        init.to_str().unwrap(),
+        "--json",
+    ]));
+    std::fs::write(d.join("ref.json"), reference.to_string()).unwrap();
+    ok(&broker.admin(&[
+        "reference",
+        "import",
+        d.join("ref.json").to_str().unwrap(),
+        "--name",
+        "this-image",
+    ]));
+    ok(&broker.admin(&["resource", "put", "cvm/state/key", "--random", "32"]));
+
+    let port = free_port();
+    let forward = format!("{port}:8081");
+    let disk = d.join("state.img");
+    let guest = Guest::boot(&[
+        "--initdata",
+        init.to_str().unwrap(),
+        "--state-disk",
+        disk.to_str().unwrap(),
+        "--forward",
+        &forward,
+    ]);
+    let agent = guest.agent.clone();
+
+    // A tampered ciphertext is refused after the key release and leaves nothing
+    // behind: the same name deploys cleanly next.
+    fails(
+        &cvm(&["deploy", tampered.to_str().unwrap(), "--to", &agent]),
+        "BadContent",
+    );
+    assert!(ps(&agent, &owner).is_empty());
+
+    // Deploy, call, state kept in the preopen.
+    let deployed = json_ok(&cvm(&[
+        "deploy",
+        hello.to_str().unwrap(),
+        "--to",
+        &agent,
+        "--json",
+    ]));
+    assert_eq!(deployed["state"], "running", "{deployed}");
+    assert_eq!(deployed["kind"], "http-component", "{deployed}");
+    assert_eq!(
+        http(port, "GET", "/", ""),
+        (200, "bonjour from a sealed workload, visit 1".into())
+    );
+    assert_eq!(
+        http(port, "GET", "/", "").1,
+        "bonjour from a sealed workload, visit 2"
+    );
+    assert_eq!(http(port, "POST", "/notes", "sealed and delivered").0, 201);
+    assert_eq!(
+        http(port, "GET", "/notes", ""),
+        (200, "sealed and delivered".into())
+    );
+
+    // Its manifest is in the measured log, before its key was released.
+    let log = get(&agent, "/v1/eventlog");
+    let manifests: Vec<&Value> = log["log"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["content"]["kind"] == "workload-manifest")
+        .collect();
+    // The tampered bundle's manifest was measured too (it was signed, then refused).
+    assert_eq!(manifests.len(), 2, "{log}");
+    let digest = manifests[1]["digests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["hashAlg"] == "sha256")
+        .unwrap()["digest"]
+        .clone();
+    assert_eq!(digest, deployed["manifest_sha256"]);
+    let logs = ok(&agent_cmd(&agent, &owner, &["logs", "hello"]));
+    let measured = logs.find("measured").unwrap();
+    let released = logs.find("content key default/hello/key released").unwrap();
+    assert!(measured < released, "{logs}");
+    assert!(logs.contains("compiled as http-component"), "{logs}");
+
+    // Bad inputs, each with its reason; nothing changes for hello.
+    fails(
+        &cvm(&["deploy", foreign.to_str().unwrap(), "--to", &agent]),
+        "UnknownOwner",
+    );
+    fails(
+        &cvm(&["deploy", greedy.to_str().unwrap(), "--to", &agent]),
+        "the agent's own API",
+    );
+    fails(
+        &cvm(&["deploy", keyless.to_str().unwrap(), "--to", &agent]),
+        "KeyRefused",
+    );
+    fails(
+        &cvm(&["deploy", hello.to_str().unwrap(), "--to", &agent]),
+        "exists",
+    );
+    fails(
+        &agent_cmd(&agent, &stranger, &["ps"]),
+        "not trusted by this appliance",
+    );
+    let names: Vec<Value> = ps(&agent, &owner)
+        .iter()
+        .map(|w| w["name"].clone())
+        .collect();
+    assert_eq!(names, vec![Value::from("hello")]);
+    assert_eq!(
+        http(port, "GET", "/", "").1,
+        "bonjour from a sealed workload, visit 3"
+    );
+
+    // A workload that loops is stopped by its limit and says so; the agent carries on.
+    let spun = json_ok(&cvm(&[
+        "deploy",
+        spinner.to_str().unwrap(),
+        "--to",
+        &agent,
+        "--json",
+    ]));
+    assert_eq!(spun["kind"], "command-component", "{spun}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let reason = loop {
+        let w = ps(&agent, &owner)
+            .into_iter()
+            .find(|w| w["name"] == "spinner")
+            .unwrap();
+        if w["state"] == "failed" {
+            break w["reason"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "spinner still {w}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(reason.contains("wall-clock limit reached"), "{reason}");
+    let spin_logs = ok(&agent_cmd(&agent, &owner, &["logs", "spinner"]));
+    assert!(
+        spin_logs.contains("wall-clock limit reached"),
+        "{spin_logs}"
+    );
+    assert_eq!(
+        http(port, "GET", "/", "").1,
+        "bonjour from a sealed workload, visit 4"
+    );
+
+    // Stop and remove.
+    let stopped = json_ok(&agent_cmd(&agent, &owner, &["stop", "hello", "--json"]));
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    ok(&agent_cmd(&agent, &owner, &["rm", "hello"]));
+    ok(&agent_cmd(&agent, &owner, &["rm", "spinner"]));
+    assert!(ps(&agent, &owner).is_empty());
+    let (code, report) = guest.shutdown();
+    assert_eq!(code, 0, "{report}");
+}
+
+fn get(agent: &str, path: &str) -> Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{agent}{path}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {path} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
