@@ -87,8 +87,12 @@ fn start(ca_dir: Option<&std::path::Path>) -> Swtpm {
         .status()
         .expect("swtpm_setup (run ./scripts/setup)");
     assert!(setup.success());
+    // Tests run on threads: without this lock two of them can pick the same free ports,
+    // one swtpm fails to bind, and its test talks to the other's TPM (and both hang).
+    static LISTENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LISTENING.lock().unwrap_or_else(|e| e.into_inner());
     let (port, ctrl) = free_port_pair();
-    let child = Command::new("swtpm")
+    let mut child = Command::new("swtpm")
         .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
         .arg("--tpmstate")
         .arg(format!("dir={}", dir.path().display()))
@@ -101,8 +105,16 @@ fn start(ca_dir: Option<&std::path::Path>) -> Swtpm {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "swtpm did not listen");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "swtpm exited (port {port} or {ctrl} taken?)"
+        );
         sleep(Duration::from_millis(20));
     }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "swtpm exited: another process answered on port {port}"
+    );
     Swtpm {
         child,
         port,
