@@ -69,16 +69,24 @@ pub struct Attestation {
     tcti: Option<String>,
     eventlog: PathBuf,
     sysfs: PathBuf,
+    tls_key_sha256: [u8; 32],
     attester: Mutex<Option<TpmAttester>>,
 }
 
 impl Attestation {
-    /// An attester for the TPM at `tcti` (`None`: no TPM).
-    pub fn new(tcti: Option<String>, eventlog: PathBuf, sysfs: PathBuf) -> Self {
+    /// An attester for the TPM at `tcti` (`None`: no TPM) whose evidence binds the TLS
+    /// key with SHA-256 `tls_key_sha256` (of its SubjectPublicKeyInfo).
+    pub fn new(
+        tcti: Option<String>,
+        eventlog: PathBuf,
+        sysfs: PathBuf,
+        tls_key_sha256: [u8; 32],
+    ) -> Self {
         Self {
             tcti,
             eventlog,
             sysfs,
+            tls_key_sha256,
             attester: Mutex::new(None),
         }
     }
@@ -126,14 +134,25 @@ impl Attestation {
         })
     }
 
-    /// Evidence of `tee` for `nonce`, with the runtime event log (and for a TPM quote,
-    /// the firmware's). For SNP and TDX the report data binds the nonce (at most 64
-    /// bytes) and the runtime log: `cvm_attest::binding::runtime_report_data`.
+    /// Evidence of `tee` for the client's `nonce` (1 to 64 bytes) and the agent's TLS
+    /// key, with the runtime event log (and for a TPM quote, the firmware's). The
+    /// evidence answers `tls_key_nonce(key, nonce)`, never the bare nonce, so evidence
+    /// fetched through this API always names the key that served it. For SNP and TDX
+    /// the report data also binds the runtime log:
+    /// `cvm_attest::binding::runtime_report_data`.
     pub fn evidence(
         &self,
         tee: &str,
         nonce: &[u8],
     ) -> Result<AttestationEvidence, AttestationError> {
+        if nonce.is_empty() || nonce.len() > 64 {
+            return Err(AttestationError::BadRequest(format!(
+                "nonce must be 1 to 64 bytes, got {}",
+                nonce.len()
+            )));
+        }
+        let bound = cvm_attest::binding::tls_key_nonce(&self.tls_key_sha256, nonce);
+        let nonce = &bound[..];
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| AttestationError::BadRequest(format!("encode evidence: {e}")))
         };
@@ -146,12 +165,6 @@ impl Attestation {
                 (to_json(serde_json::to_value(quote))?, log)
             }
             "snp" | "tdx" => {
-                if nonce.is_empty() || nonce.len() > 64 {
-                    return Err(AttestationError::BadRequest(format!(
-                        "nonce must be 1 to 64 bytes, got {}",
-                        nonce.len()
-                    )));
-                }
                 // No register to extend here: the runtime log goes into the report data.
                 let report_data = cvm_attest::binding::runtime_report_data(nonce, &runtime_log);
                 let value = if tee == "snp" {
@@ -179,6 +192,7 @@ impl Attestation {
         };
         Ok(AttestationEvidence {
             tee: tee.to_owned(),
+            tls_key_sha256: hex::encode(self.tls_key_sha256),
             evidence,
             runtime_log,
             firmware_log,

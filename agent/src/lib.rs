@@ -2,8 +2,9 @@
 //!
 //! Trust-chain place: measured by PID1 into the runtime event log before it starts; in
 //! the TCB. This issue's agent serves its health and the measured event log over HTTP on
-//! the guest network, and evidence for verifiers (TPM quotes with the event logs, AK
-//! activation); attested TLS, workloads and enforcement arrive in later issues.
+//! the guest network over attested TLS (its key made here, bound into its evidence),
+//! evidence for verifiers (TPM quotes with the event logs, AK activation), and the
+//! sealed workloads; enforcement arrives in a later issue.
 //!
 //! Inputs: `--listen ADDR` and `--eventlog PATH` from PID1's configuration. Outputs: the
 //! HTTP API and a `cvm-agent: ready <addr>` console line once it accepts connections.
@@ -20,6 +21,7 @@ pub mod measurements;
 pub mod runtime_log;
 pub mod secrets;
 mod sys;
+pub mod tls;
 pub mod workloads;
 
 use std::path::PathBuf;
@@ -50,8 +52,8 @@ pub struct AgentState {
     pub workloads: Arc<workloads::Workloads>,
     /// Signed requests already seen.
     pub replay: api::auth::ReplayGuard,
-    /// SHA-256 (hex) of the agent's TLS public key, which owner signatures cover; empty
-    /// while the API is plain HTTP.
+    /// SHA-256 (hex) of the agent's TLS public key, which owner signatures cover, so a
+    /// signed request cannot be replayed to another appliance.
     pub tls_key_sha256: String,
 }
 
@@ -83,6 +85,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("--broker and --initdata go together"),
     };
     info!(broker = ?broker.as_ref().map(broker::Broker::url), "workload key broker");
+    let tls = tls::AgentTls::generate()?;
+    info!(key_sha256 = %hex::encode(tls.key_sha256), "TLS key made");
     let listener = TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     let sysfs = PathBuf::from("/sys");
@@ -105,6 +109,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.tpm,
             args.eventlog.clone(),
             sysfs.clone(),
+            tls.key_sha256,
         )),
         eventlog: args.eventlog,
         sysfs,
@@ -113,13 +118,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         owners,
         workloads,
         replay: api::auth::ReplayGuard::default(),
-        tls_key_sha256: String::new(),
+        tls_key_sha256: hex::encode(tls.key_sha256),
     });
     let mut term = signal(SignalKind::terminate())?;
     println!("{}{local}", cvm_proto::console::AGENT_READY);
     info!(%local, "serving");
     tokio::select! {
-        r = api::serve(listener, state) => r?,
+        r = api::serve(listener, state, tls.config) => r?,
         _ = term.recv() => info!("SIGTERM: stopping"),
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! log with it; the verifier recomputes the value from the nonce it chose and the log it
 //! received, so the log cannot be swapped and the report cannot be replayed.
 
-use sha2::{Digest as _, Sha512};
+use sha2::{Digest as _, Sha256, Sha512};
 
 use crate::eventlog::EventLog;
 
@@ -20,6 +20,21 @@ pub fn runtime_report_data(nonce: &[u8], log: &EventLog) -> [u8; 64] {
     h.update(nonce);
     // The log's JSON form is canonical: fixed field order, no maps, no floats.
     h.update(serde_json::to_vec(log).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// Domain separation for the attested-TLS binding.
+const TLS_DOMAIN: &[u8] = b"cvm attested tls v1\0";
+
+/// The nonce a guest puts in its evidence when a client asks over TLS: SHA-256(domain ‖
+/// SHA-256 of the server's SubjectPublicKeyInfo ‖ the client's nonce). A client that
+/// checks evidence against this value knows the TLS key it is talking to was in the
+/// attested guest when the evidence was made, and that the evidence is fresh.
+pub fn tls_key_nonce(spki_sha256: &[u8; 32], nonce: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(TLS_DOMAIN);
+    h.update(spki_sha256);
+    h.update(nonce);
     h.finalize().into()
 }
 
@@ -53,5 +68,13 @@ mod tests {
         let back: EventLog =
             serde_json::from_slice(&serde_json::to_vec(&log("/init")).unwrap()).unwrap();
         assert_eq!(a, runtime_report_data(b"nonce", &back));
+    }
+
+    #[test]
+    fn tls_nonce_binds_key_and_nonce() {
+        let a = tls_key_nonce(&[1; 32], b"nonce");
+        assert_eq!(a, tls_key_nonce(&[1; 32], b"nonce"));
+        assert_ne!(a, tls_key_nonce(&[2; 32], b"nonce"));
+        assert_ne!(a, tls_key_nonce(&[1; 32], b"nonce2"));
     }
 }

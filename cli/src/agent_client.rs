@@ -1,14 +1,172 @@
-//! A small blocking HTTP/1.1 client for the agent's plain-HTTP API.
+//! A small blocking HTTP/1.1 client for the agent's API, over TLS 1.3.
 //!
-//! The agent API is plain HTTP on the guest network in this issue; attested TLS
-//! replaces this transport in the workload issue.
+//! The agent's certificate is self-signed and vouched for by nothing but its evidence,
+//! so this client never trusts it by itself: an [`Agent`] is either *unverified* (the
+//! key is recorded, not checked: public answers and the attestation exchange itself)
+//! or *pinned* to the SHA-256 of the SubjectPublicKeyInfo that attestation proved
+//! (`crate::attested`), and a pinned connection to any other key fails in the handshake,
+//! before a byte of the request is sent.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cvm_proto::agent::ErrorBody;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+
+/// An agent's address and, once attested, the TLS key it must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// HOST:PORT.
+    pub addr: String,
+    pin: Option<[u8; 32]>,
+}
+
+impl Agent {
+    /// TLS to `addr` without checking its key: for answers anyone may read (health,
+    /// the event log) and for fetching the evidence that proves the key.
+    pub fn unverified(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            pin: None,
+        }
+    }
+
+    /// TLS to `addr` that must present the key whose SubjectPublicKeyInfo hashes to
+    /// `key_sha256`.
+    pub fn pinned(addr: &str, key_sha256: [u8; 32]) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            pin: Some(key_sha256),
+        }
+    }
+
+    /// The pinned key's hash, if any.
+    pub fn key_sha256(&self) -> Option<[u8; 32]> {
+        self.pin
+    }
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo (DER).
+pub fn spki_sha256(cert: &[u8]) -> Result<[u8; 32], String> {
+    use x509_cert::der::{Decode as _, Encode as _};
+    let cert = x509_cert::Certificate::from_der(cert)
+        .map_err(|e| format!("agent certificate is not X.509 DER: {e}"))?;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("agent certificate's public key: {e}"))?;
+    Ok(Sha256::digest(spki).into())
+}
+
+/// Accepts the agent's certificate only as a carrier of its key: records the key's
+/// hash, refuses any key but the pinned one, and checks the handshake signature with
+/// that key (so the peer holds its private half).
+#[derive(Debug)]
+struct KeyVerifier {
+    pin: Option<[u8; 32]>,
+    seen: Mutex<Option<[u8; 32]>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for KeyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let key = spki_sha256(end_entity).map_err(rustls::Error::General)?;
+        if let Some(pin) = self.pin
+            && pin != key
+        {
+            return Err(rustls::Error::General(format!(
+                "the agent presented TLS key sha256 {}, not the attested key {}",
+                hex::encode(key),
+                hex::encode(pin)
+            )));
+        }
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The client offers TLS 1.3 only.
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connect to `agent` over TLS; returns the stream and the key the agent presented.
+fn connect(agent: &Agent) -> Result<(TlsStream, [u8; 32]), std::io::Error> {
+    let sock = agent
+        .addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("address resolves to nothing"))?;
+    let tcp = TcpStream::connect_timeout(&sock, TIMEOUT)?;
+    tcp.set_read_timeout(Some(TIMEOUT))?;
+    tcp.set_write_timeout(Some(TIMEOUT))?;
+    tcp.set_nodelay(true)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(KeyVerifier {
+        pin: agent.pin,
+        seen: Mutex::new(None),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The name is not checked (the key is); the agent's certificate carries this one.
+    let name = ServerName::try_from("cvm-agent").map_err(std::io::Error::other)?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    // Finish the handshake now, so a wrong key fails before the request is written.
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    let key = verifier
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .ok_or_else(|| std::io::Error::other("TLS handshake ended without a certificate"))?;
+    Ok((stream, key))
+}
 
 /// Per-request timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
@@ -56,40 +214,34 @@ pub enum AgentClientError {
     },
 }
 
-/// `GET path` on `addr` and decode the JSON body.
-pub fn get_json<T: DeserializeOwned>(addr: &str, path: &str) -> Result<T, AgentClientError> {
-    request_json(addr, "GET", path, None)
+/// `GET path` on `agent` and decode the JSON body.
+pub fn get_json<T: DeserializeOwned>(agent: &Agent, path: &str) -> Result<T, AgentClientError> {
+    get_json_keyed(agent, path).map(|(v, _)| v)
+}
+
+/// `GET path` on `agent` and decode the JSON body; also returns the SHA-256 of the TLS
+/// key that answered.
+pub fn get_json_keyed<T: DeserializeOwned>(
+    agent: &Agent,
+    path: &str,
+) -> Result<(T, [u8; 32]), AgentClientError> {
+    let (raw, key) = request_keyed(agent, "GET", path, &[], "application/json", &[])?;
+    Ok((decode(&agent.addr, "GET", path, &raw)?, key))
 }
 
 /// `POST path` with a JSON body on `addr` and decode the JSON answer.
 pub fn post_json<B: serde::Serialize, T: DeserializeOwned>(
-    addr: &str,
+    agent: &Agent,
     path: &str,
     body: &B,
 ) -> Result<T, AgentClientError> {
     let bytes = serde_json::to_vec(body).map_err(|e| AgentClientError::Malformed {
-        addr: addr.to_owned(),
+        addr: agent.addr.clone(),
         path: format!("POST {path}"),
         reason: format!("request body: {e}"),
     })?;
-    request_json(addr, "POST", path, Some(&bytes))
-}
-
-fn request_json<T: DeserializeOwned>(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Result<T, AgentClientError> {
-    let raw = request(
-        addr,
-        method,
-        path,
-        body.unwrap_or_default(),
-        "application/json",
-        &[],
-    )?;
-    decode(addr, method, path, &raw)
+    let raw = request(agent, "POST", path, &bytes, "application/json", &[])?;
+    decode(&agent.addr, "POST", path, &raw)
 }
 
 /// Decode a JSON answer.
@@ -108,16 +260,28 @@ pub fn decode<T: DeserializeOwned>(
 
 /// Send one request; returns the body of a 2xx answer, the agent's error otherwise.
 pub fn request(
-    addr: &str,
+    agent: &Agent,
     method: &str,
     path: &str,
     body: &[u8],
     content_type: &str,
     headers: &[(String, String)],
 ) -> Result<Vec<u8>, AgentClientError> {
+    request_keyed(agent, method, path, body, content_type, headers).map(|(b, _)| b)
+}
+
+fn request_keyed(
+    agent: &Agent,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    content_type: &str,
+    headers: &[(String, String)],
+) -> Result<(Vec<u8>, [u8; 32]), AgentClientError> {
+    let addr = agent.addr.as_str();
     let what = format!("{method} {path}");
-    let (status, head_len, mut reader) = send(addr, method, path, body, content_type, headers)?;
-    let _ = head_len;
+    let (status, mut reader) = send(agent, method, path, body, content_type, headers)?;
+    let key = reader.key;
     let mut raw = Vec::new();
     (&mut reader)
         .take(MAX_BODY as u64 + 1)
@@ -157,25 +321,26 @@ pub fn request(
             body,
         });
     }
-    Ok(body)
+    Ok((body, key))
 }
 
 /// Send a request and read a streamed (chunked) answer, calling `on_line` for each line
 /// as it arrives, until the agent ends it or `on_line` returns false.
 pub fn stream_lines(
-    addr: &str,
+    agent: &Agent,
     path: &str,
     headers: &[(String, String)],
     mut on_line: impl FnMut(&str) -> bool,
 ) -> Result<(), AgentClientError> {
+    let addr = agent.addr.as_str();
     let what = format!("GET {path}");
     let io = |source| AgentClientError::Io {
         addr: addr.to_owned(),
         path: what.clone(),
         source,
     };
-    let (status, _, mut reader) = send(addr, "GET", path, &[], "application/json", headers)?;
-    reader.stream.set_read_timeout(None).map_err(io)?;
+    let (status, mut reader) = send(agent, "GET", path, &[], "application/json", headers)?;
+    reader.stream.sock.set_read_timeout(None).map_err(io)?;
     if !(200..300).contains(&status) {
         let mut raw = Vec::new();
         let _ = (&mut reader).take(MAX_BODY as u64).read_to_end(&mut raw);
@@ -259,7 +424,8 @@ fn read_line(r: &mut impl std::io::Read, out: &mut Vec<u8>) -> std::io::Result<(
 
 /// A response after its head: the rest of the stream.
 struct Reader {
-    stream: TcpStream,
+    stream: TlsStream,
+    key: [u8; 32],
     chunked: bool,
     buffered: Vec<u8>,
 }
@@ -293,13 +459,14 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 
 /// Connect, send, read the status line and headers.
 fn send(
-    addr: &str,
+    agent: &Agent,
     method: &str,
     path: &str,
     body: &[u8],
     content_type: &str,
     headers: &[(String, String)],
-) -> Result<(u16, usize, Reader), AgentClientError> {
+) -> Result<(u16, Reader), AgentClientError> {
+    let addr = agent.addr.as_str();
     let what = format!("{method} {path}");
     let io = |source| AgentClientError::Io {
         addr: addr.to_owned(),
@@ -311,13 +478,13 @@ fn send(
         path: what.clone(),
         reason,
     };
-    let sock = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| AgentClientError::BadAddress(addr.to_owned()))?;
-    let mut stream = TcpStream::connect_timeout(&sock, TIMEOUT).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(AgentClientError::BadAddress(addr.to_owned()));
+    }
+    let (mut stream, key) = connect(agent).map_err(io)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n"
     );
@@ -360,9 +527,9 @@ fn send(
     });
     Ok((
         status,
-        raw.len(),
         Reader {
             stream,
+            key,
             chunked,
             buffered: Vec::new(),
         },

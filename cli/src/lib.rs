@@ -7,6 +7,7 @@
 
 pub mod agent_client;
 pub mod appraise;
+pub mod attested;
 pub mod commands;
 pub mod exit;
 pub mod paths;

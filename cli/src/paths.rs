@@ -31,6 +31,19 @@ pub fn guest_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The example workload (`./scripts/build-workloads`): in the `wasm32-wasip2` folder
+/// beside the running `cvm`'s profile folder (`target/wasm32-wasip2/release/hello.wasm`).
+pub fn example_workload() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()?
+                .parent()
+                .map(|d| d.join("wasm32-wasip2/release/hello.wasm"))
+        })
+        .unwrap_or_else(|| PathBuf::from("hello.wasm"))
+}
+
 /// The swtpm local CA folder: its certificate signs every vTPM's EK certificate.
 pub fn swtpm_ca_dir() -> PathBuf {
     cache_dir().join("swtpm-localca")

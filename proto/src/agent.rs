@@ -47,7 +47,7 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
-/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`:
+/// `GET /v1/attestation?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`:
 /// fresh evidence and the logs to replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +55,10 @@ pub struct AttestationEvidence {
     /// The evidence type, in Trustee's naming (`tpm`, `snp`, `tdx`, `az-snp-vtpm`,
     /// `az-tdx-vtpm`).
     pub tee: String,
+    /// SHA-256 (hex) of the TLS key the evidence binds
+    /// (`cvm_attest::binding::tls_key_nonce`): a client compares it with the key its
+    /// connection saw, and checks the evidence against the bound nonce.
+    pub tls_key_sha256: String,
     /// The evidence, in Trustee's format for that type.
     pub evidence: serde_json::Value,
     /// The runtime event log, which replays to the runtime PCR.

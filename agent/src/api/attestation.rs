@@ -1,5 +1,5 @@
 //! `GET /v1/attestation/identity`, `POST /v1/attestation/activate`,
-//! `GET /v1/attestation/evidence?nonce=HEX`.
+//! `GET /v1/attestation?nonce=HEX` (evidence bound to the agent's TLS key).
 
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ pub async fn activate(att: Arc<Attestation>, body: &[u8]) -> Response<Body> {
     blocking(att, move |a| a.activate(&req)).await
 }
 
-/// `GET /v1/attestation/evidence?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`
+/// `GET /v1/attestation?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`
 /// (default `tpm`).
 pub async fn evidence(att: Arc<Attestation>, query: Option<&str>) -> Response<Body> {
     let param = |name: &str| {

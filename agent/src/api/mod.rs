@@ -16,10 +16,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::debug;
@@ -34,17 +34,35 @@ pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).boxed_unsync()
 }
 
-/// Accept connections forever; each is served on its own task.
-pub async fn serve(listener: TcpListener, state: Arc<AgentState>) -> std::io::Result<()> {
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accept TLS connections forever; each is served on its own task, HTTP/2 or HTTP/1.1
+/// as the client chooses. There is no plain-HTTP port: the API is only reachable
+/// through the attested key.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AgentState>,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                };
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
-            if let Err(e) = http1::Builder::new()
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -83,7 +101,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
         (&Method::GET, "/v1/attestation/identity") => {
             attestation::identity(state.attestation.clone()).await
         }
-        (&Method::GET, "/v1/attestation/evidence") => {
+        (&Method::GET, "/v1/attestation") => {
             attestation::evidence(state.attestation.clone(), req.uri().query()).await
         }
         (&Method::POST, "/v1/attestation/activate") => {
@@ -98,7 +116,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
             | "/v1/eventlog"
             | "/v1/state"
             | "/v1/attestation/identity"
-            | "/v1/attestation/evidence"
+            | "/v1/attestation"
             | "/v1/attestation/activate",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -3,10 +3,12 @@
 //! 1. Bind the guest's attestation key to its TPM: check the EK certificate against
 //!    the EK CA bundle (swtpm's local CA by default), seal a fresh secret to the EK for
 //!    the AK's name, and require the guest to recover it (credential activation).
-//! 2. Ask for evidence with a fresh 32-byte nonce: a quote over all sha256 PCRs, the
-//!    runtime event log and the firmware event log.
-//! 3. Appraise it (see `appraise`), against the image's reference values when
-//!    `--image` or `--reference` is given.
+//! 2. Ask for evidence with a fresh 32-byte nonce, over TLS pinned to the key the first
+//!    connection presented: a quote over all sha256 PCRs whose qualifying data is
+//!    `tls_key_nonce(key, nonce)`, the runtime event log and the firmware event log.
+//! 3. Appraise it (see `appraise`) against that bound nonce, so a passing quote proves
+//!    the TLS key lives in the attested guest, and against the image's reference
+//!    values when `--image` or `--reference` is given.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -19,7 +21,7 @@ use cvm_image::measure::qemu::QemuReference;
 use cvm_proto::agent::AttestationEvidence;
 use serde::Serialize;
 
-use crate::agent_client;
+use crate::agent_client::{self, Agent};
 use crate::appraise::appraise;
 use crate::exit::VerificationFailed;
 use crate::paths;
@@ -31,6 +33,17 @@ pub struct AttestArgs {
     /// The agent, HOST:PORT.
     #[arg(long)]
     pub to: String,
+    /// The reference values the agent's evidence must match.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the agent's evidence is checked: the reference values and the EK CA.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
     /// Check the PCRs against the reference values of this image folder.
     #[arg(long, conflicts_with = "reference")]
     pub image: Option<PathBuf>,
@@ -44,9 +57,6 @@ pub struct AttestArgs {
     /// the cache, the CA `cvm run` provisions vTPMs with].
     #[arg(long, value_name = "PEM")]
     pub ek_ca: Option<PathBuf>,
-    /// Print one JSON document.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// The outcome of attesting a guest.
@@ -60,6 +70,9 @@ pub struct AttestReport {
     pub nonce: String,
     /// Hex of the activated AK's TPM name.
     pub ak_name: String,
+    /// Hex of the SHA-256 of the agent's TLS public key (SubjectPublicKeyInfo) the
+    /// evidence is bound to.
+    pub tls_key_sha256: String,
     /// The quoted sha256 PCRs, hex.
     pub pcrs: Vec<String>,
     /// Each check, in order.
@@ -87,7 +100,8 @@ pub fn ek_trust(path: Option<&std::path::Path>) -> anyhow::Result<EkTrust> {
     Ok(EkTrust::CaBundle(EkCaBundle::from_pem(&pem)?))
 }
 
-fn reference(args: &AttestArgs) -> anyhow::Result<Option<QemuReference>> {
+/// The reference values `args` name, if any.
+pub fn reference(args: &VerifyArgs) -> anyhow::Result<Option<QemuReference>> {
     if let Some(path) = &args.reference {
         let bytes = std::fs::read(path)
             .with_context(|| format!("read reference values {}", path.display()))?;
@@ -111,9 +125,9 @@ fn fresh_nonce() -> anyhow::Result<[u8; 32]> {
     Ok(nonce)
 }
 
-/// Bind the guest's AK to its certified EK. The outer error is a host or transport
-/// failure; the inner one is a verification failure, described.
-fn bind_ak(to: &str, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String>> {
+/// Bind the guest's AK to its certified EK, over `agent` (pinned). The outer error is
+/// a host or transport failure; the inner one is a verification failure, described.
+fn bind_ak(agent: &Agent, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String>> {
     let describe = |e: &dyn std::error::Error| {
         let mut s = e.to_string();
         let mut cause = e.source();
@@ -123,13 +137,13 @@ fn bind_ak(to: &str, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String
         }
         s
     };
-    let identity: AkIdentity = agent_client::get_json(to, "/v1/attestation/identity")?;
+    let identity: AkIdentity = agent_client::get_json(agent, "/v1/attestation/identity")?;
     let challenge = match challenge_ak(&identity, trust, SystemTime::now()) {
         Ok(c) => c,
         Err(e) => return Ok(Err(describe(&e))),
     };
     let answer: Result<ActivationResponse, _> =
-        agent_client::post_json(to, "/v1/attestation/activate", &challenge.request);
+        agent_client::post_json(agent, "/v1/attestation/activate", &challenge.request);
     let answer = match answer {
         Ok(a) => a,
         // The guest's TPM refused the credential: not our EK or not its AK.
@@ -144,35 +158,42 @@ fn bind_ak(to: &str, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String
     Ok(challenge.finish(&answer).map_err(|e| describe(&e)))
 }
 
-/// Attest the guest at `agent`: bind its AK, ask for fresh evidence, appraise it
-/// against `reference`. The error is a host or transport failure; a failed check is in
-/// the returned checks.
+/// Attest the guest at `addr`: note the TLS key its agent presents, then over
+/// connections pinned to that key bind its AK, ask for fresh evidence bound to the key,
+/// and appraise it against `reference`. The error is a host or transport failure; a
+/// failed check is in the returned checks. When the report is ok, the agent returned
+/// is pinned to the attested key.
 pub fn attest_guest(
-    agent: &str,
+    addr: &str,
     trust: &EkTrust,
     reference: Option<&QemuReference>,
-) -> anyhow::Result<AttestReport> {
-    let ak = match bind_ak(agent, trust)? {
+) -> anyhow::Result<(AttestReport, Agent)> {
+    let (_, key): (cvm_proto::agent::Health, _) =
+        agent_client::get_json_keyed(&Agent::unverified(addr), "/healthz")?;
+    let agent = Agent::pinned(addr, key);
+    let ak = match bind_ak(&agent, trust)? {
         Ok(ak) => ak,
         Err(detail) => {
-            return Ok(AttestReport {
+            let report = AttestReport {
                 ok: false,
                 tee: "tpm".into(),
                 nonce: String::new(),
                 ak_name: String::new(),
+                tls_key_sha256: hex::encode(key),
                 pcrs: Vec::new(),
                 checks: vec![Check {
                     name: "attestation key".into(),
                     ok: false,
                     detail,
                 }],
-            });
+            };
+            return Ok((report, agent));
         }
     };
     let nonce = fresh_nonce()?;
     let evidence: AttestationEvidence = agent_client::get_json(
-        agent,
-        &format!("/v1/attestation/evidence?nonce={}", hex::encode(nonce)),
+        &agent,
+        &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
     )?;
     let mut checks = vec![Check {
         name: "attestation key".into(),
@@ -180,24 +201,48 @@ pub fn attest_guest(
         detail: "EK certificate chains to the EK CA; the TPM activated a credential for this AK"
             .into(),
     }];
-    checks.extend(appraise(&evidence, &nonce, &ak, reference));
-    Ok(AttestReport {
+    checks.push(if evidence.tls_key_sha256 == hex::encode(key) {
+        Check {
+            name: "tls key".into(),
+            ok: true,
+            detail: format!(
+                "the evidence is bound to the TLS key this connection presented (sha256 {})",
+                hex::encode(key)
+            ),
+        }
+    } else {
+        Check {
+            name: "tls key".into(),
+            ok: false,
+            detail: format!(
+                "the evidence names TLS key {}, the connection presented {}",
+                evidence.tls_key_sha256,
+                hex::encode(key)
+            ),
+        }
+    });
+    // The quote must answer the nonce bound to the key, not the bare nonce.
+    let bound = cvm_attest::binding::tls_key_nonce(&key, &nonce);
+    checks.extend(appraise(&evidence, &bound, &ak, reference));
+    let report = AttestReport {
         ok: checks.iter().all(|c| c.ok),
         tee: evidence.tee.clone(),
         nonce: hex::encode(nonce),
         ak_name: hex::encode(&ak.name),
+        tls_key_sha256: hex::encode(key),
         pcrs: serde_json::from_value::<cvm_attest::tpm::TpmEvidence>(evidence.evidence)
             .map(|q| q.tpm_quote.pcrs)
             .unwrap_or_default(),
         checks,
-    })
+    };
+    Ok((report, agent))
 }
 
 /// Run `cvm attest`.
 pub fn run(args: AttestArgs) -> anyhow::Result<()> {
-    let trust = ek_trust(args.ek_ca.as_deref())?;
-    let reference = reference(&args)?;
-    let report = attest_guest(&args.to, &trust, reference.as_ref())?;
+    let trust = ek_trust(args.verify.ek_ca.as_deref())?;
+    let reference = reference(&args.verify)?;
+    let (report, _) = attest_guest(&args.to, &trust, reference.as_ref())?;
     if args.json {
         super::print_json(&report)?;
     } else {

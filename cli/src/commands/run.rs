@@ -238,8 +238,8 @@ pub struct RunReport {
 }
 
 /// Start of the stderr line `cvm run` prints when the agent is ready:
-/// `cvm: agent ready at http://HOST:PORT after N s`.
-pub const READY_PREFIX: &str = "cvm: agent ready at http://";
+/// `cvm: agent ready at https://HOST:PORT after N s`.
+pub const READY_PREFIX: &str = "cvm: agent ready at https://";
 
 /// How long a guest may take to power off after Ctrl-C/SIGTERM before QEMU is killed.
 pub const POWERDOWN_GRACE: Duration = Duration::from_secs(60);

@@ -1,7 +1,10 @@
 //! `cvm deploy`, `cvm ps`, `cvm logs`, `cvm stop`, `cvm rm`: the service owner's side of
 //! the appliance's workloads. A deploy is authorised by the bundle's own signature;
 //! everything else is a request signed with the owner key, so the agent answers only
-//! about that owner's workloads.
+//! about that owner's workloads. Each command first attests the agent against
+//! reference values (`--image` or `--reference`) and talks only to the TLS key that
+//! evidence is bound to; signatures cover that key, so a signed request is good for
+//! this appliance only.
 
 use std::path::PathBuf;
 
@@ -14,7 +17,9 @@ use cvm_proto::agent::{
 use cvm_runtime::bundle::owner::OwnerKey;
 use sha2::{Digest as _, Sha256};
 
-use crate::agent_client;
+use super::attest::VerifyArgs;
+use crate::agent_client::{self, Agent};
+use crate::attested;
 
 /// Where the agent is and who asks.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +33,16 @@ pub struct Target {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The reference values the agent's evidence must match.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+impl Target {
+    /// Attest the agent and pin its key.
+    fn agent(&self) -> anyhow::Result<Agent> {
+        attested::connect(&self.to, &self.verify, self.json)
+    }
 }
 
 /// `cvm deploy`.
@@ -41,6 +56,9 @@ pub struct DeployArgs {
     /// Print the workload's status as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The reference values the agent's evidence must match.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// `cvm ps`.
@@ -74,9 +92,10 @@ pub struct NameArgs {
     target: Target,
 }
 
-/// Headers that sign one request with the owner key.
+/// Headers that sign one request with the owner key in `target`.
 fn signed(
     target: &Target,
+    agent: &Agent,
     method: &str,
     path: &str,
     body: &[u8],
@@ -85,6 +104,22 @@ fn signed(
         .with_context(|| format!("read owner key {} (cvm keygen)", target.owner_key.display()))?;
     let key = OwnerKey::from_pem(&pem)
         .with_context(|| format!("owner key {}", target.owner_key.display()))?;
+    sign_request(&key, agent, method, path, body)
+}
+
+/// Headers that sign one request to the pinned `agent` with `key`: its kid, the time,
+/// a fresh nonce and the signature over [`request_signing_input`], which covers the
+/// agent's TLS key.
+pub fn sign_request(
+    key: &OwnerKey,
+    agent: &Agent,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let agent_key = agent
+        .key_sha256()
+        .context("requests are signed only for an attested agent")?;
     let time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -97,7 +132,7 @@ fn signed(
         time,
         &nonce,
         &hex::encode(Sha256::digest(body)),
-        "",
+        &hex::encode(agent_key),
     );
     Ok(vec![
         (HEADER_OWNER.to_owned(), hex::encode(key.public().kid())),
@@ -110,10 +145,10 @@ fn signed(
     ])
 }
 
-fn call(target: &Target, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    let headers = signed(target, method, path, b"")?;
+fn call(target: &Target, agent: &Agent, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    let headers = signed(target, agent, method, path, b"")?;
     Ok(agent_client::request(
-        &target.to,
+        agent,
         method,
         path,
         b"",
@@ -122,7 +157,8 @@ fn call(target: &Target, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     )?)
 }
 
-fn describe(w: &WorkloadStatus) -> String {
+/// One line: name, version, state, port, exit code, reason.
+pub fn describe(w: &WorkloadStatus) -> String {
     let mut s = format!("{} {} {:?}", w.name, w.version, w.state).to_lowercase();
     if let Some(p) = w.http_port {
         s.push_str(&format!(" port {p}"));
@@ -140,8 +176,9 @@ fn describe(w: &WorkloadStatus) -> String {
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let bundle = std::fs::read(&args.bundle)
         .with_context(|| format!("read bundle {}", args.bundle.display()))?;
+    let agent = attested::connect(&args.to, &args.verify, args.json)?;
     let body = agent_client::request(
-        &args.to,
+        &agent,
         "POST",
         "/v1/workloads",
         &bundle,
@@ -164,7 +201,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 /// `cvm ps`.
 pub fn ps(args: PsArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let body = call(t, "GET", "/v1/workloads")?;
+    let agent = t.agent()?;
+    let body = call(t, &agent, "GET", "/v1/workloads")?;
     let list: Vec<WorkloadStatus> = agent_client::decode(&t.to, "GET", "/v1/workloads", &body)?;
     if t.json {
         return super::print_json(&list);
@@ -213,9 +251,10 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
         args.since,
         if args.follow { "&follow=1" } else { "" }
     );
+    let agent = t.agent()?;
     if args.follow {
-        let headers = signed(t, "GET", &path, b"")?;
-        agent_client::stream_lines(&t.to, &path, &headers, |line| {
+        let headers = signed(t, &agent, "GET", &path, b"")?;
+        agent_client::stream_lines(&agent, &path, &headers, |line| {
             if let Ok(l) = serde_json::from_str::<LogLine>(line) {
                 print_line(&l, t.json);
             }
@@ -223,7 +262,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
         })?;
         return Ok(());
     }
-    let body = call(t, "GET", &path)?;
+    let body = call(t, &agent, "GET", &path)?;
     for line in String::from_utf8_lossy(&body).lines() {
         let l: LogLine = serde_json::from_str(line).context("a log line from the agent")?;
         print_line(&l, t.json);
@@ -235,7 +274,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
 pub fn stop(args: NameArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let path = format!("/v1/workloads/{}/stop", args.name);
-    let body = call(t, "POST", &path)?;
+    let body = call(t, &t.agent()?, "POST", &path)?;
     let status: WorkloadStatus = agent_client::decode(&t.to, "POST", &path, &body)?;
     if t.json {
         return super::print_json(&status);
@@ -247,7 +286,12 @@ pub fn stop(args: NameArgs) -> anyhow::Result<()> {
 /// `cvm rm NAME`.
 pub fn rm(args: NameArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    call(t, "DELETE", &format!("/v1/workloads/{}", args.name))?;
+    call(
+        t,
+        &t.agent()?,
+        "DELETE",
+        &format!("/v1/workloads/{}", args.name),
+    )?;
     if t.json {
         return super::print_json(&serde_json::json!({ "removed": args.name }));
     }

@@ -146,7 +146,7 @@ impl Guest {
     /// Wait for the agent's ready line (after [`Guest::start`]).
     pub fn wait_ready(self) -> Guest {
         let mut g = self;
-        let prefix = "cvm: agent ready at http://";
+        let prefix = "cvm: agent ready at https://";
         loop {
             match g.stderr.recv_timeout(BOOT_TIMEOUT) {
                 Ok(line) => {

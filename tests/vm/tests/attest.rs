@@ -81,6 +81,15 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
         "--json",
     ]));
     assert_eq!(report["ok"], true, "{report:#}");
+    // The quote answered the nonce bound to the TLS key this connection saw.
+    let tls = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tls key")
+        .unwrap();
+    assert_eq!(tls["ok"], true, "{tls}");
+    assert_eq!(report["tls_key_sha256"].as_str().unwrap().len(), 64);
     for pcr in [4, 9, 15] {
         assert_eq!(
             report["pcrs"][pcr],
@@ -155,12 +164,32 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
         "{failed:?}"
     );
 
+    // The API speaks HTTP/2 (ALPN h2) as well as HTTP/1.1, over TLS only.
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = Command::new("curl")
+            .args(["-sk", flag, "-o", "/dev/null", "-w", "%{http_version}"])
+            .arg(format!("https://{}/healthz", guest.agent))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), version);
+    }
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{}/healthz", guest.agent))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        "000",
+        "plain HTTP answered"
+    );
+
     // This guest is no SEV-SNP or TDX guest: asking for such evidence fails closed,
     // saying so, rather than answering with anything else.
     for tee in ["snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm"] {
         let (status, body) = http_get(
             &guest.agent,
-            &format!("/v1/attestation/evidence?tee={tee}&nonce=00ff"),
+            &format!("/v1/attestation?tee={tee}&nonce=00ff"),
         );
         assert_eq!(status, 503, "{body}");
         let err: Value = serde_json::from_str(&body).unwrap();
@@ -178,18 +207,14 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
     assert_eq!(code, 0);
 }
 
-/// A plain HTTP GET: (status, body).
+/// A GET over the agent's TLS, its key not checked: (status, body).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-o", "-", "-w", "\n%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), body.to_owned())
 }

@@ -63,7 +63,7 @@ fn register(broker: &Broker, image: &Path, initdata: &Path, name: &str, dir: &Pa
 
 fn get(agent: &str, path: &str) -> Value {
     let out = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://{agent}{path}")])
+        .args(["-sfk", &format!("https://{agent}{path}")])
         .output()
         .unwrap();
     assert!(out.status.success(), "GET {path} failed");

@@ -25,7 +25,11 @@ fn ok(o: &std::process::Output) -> String {
 
 fn fails(o: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected a failure naming {needle:?}");
+    assert!(
+        !o.status.success(),
+        "expected a failure naming {needle:?}, got success: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
 
@@ -104,10 +108,38 @@ fn seal(
     out
 }
 
-fn agent_cmd(agent: &str, owner: &Owner, args: &[&str]) -> std::process::Output {
+/// The agent's address and the reference values `cvm` attests it against.
+struct Target {
+    agent: String,
+    reference: PathBuf,
+}
+
+fn agent_cmd(t: &Target, owner: &Owner, args: &[&str]) -> std::process::Output {
     let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--to", agent, "--owner-key", owner.key.to_str().unwrap()]);
+    full.extend([
+        "--to",
+        &t.agent,
+        "--reference",
+        t.reference.to_str().unwrap(),
+        "--owner-key",
+        owner.key.to_str().unwrap(),
+    ]);
     cvm(&full)
+}
+
+fn deploy(t: &Target, bundle: &Path, json: bool) -> std::process::Output {
+    let mut args = vec![
+        "deploy",
+        bundle.to_str().unwrap(),
+        "--to",
+        &t.agent,
+        "--reference",
+        t.reference.to_str().unwrap(),
+    ];
+    if json {
+        args.push("--json");
+    }
+    cvm(&args)
 }
 
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -126,8 +158,8 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (code.parse().unwrap_or(0), body.trim().to_owned())
 }
 
-fn ps(agent: &str, owner: &Owner) -> Vec<Value> {
-    let v = json_ok(&agent_cmd(agent, owner, &["ps", "--json"]));
+fn ps(t: &Target, owner: &Owner) -> Vec<Value> {
+    let v = json_ok(&agent_cmd(t, owner, &["ps", "--json"]));
     v.as_array().unwrap().clone()
 }
 
@@ -238,24 +270,39 @@ fn seal_deploy_call_and_refuse_everything_bad() {
         "--forward",
         &forward,
     ]);
+    let t = Target {
+        agent: guest.agent.clone(),
+        reference: d.join("ref.json"),
+    };
     let agent = guest.agent.clone();
+
+    // A client given wrong reference values refuses to talk to the agent: it sends
+    // neither the bundle nor a signed request.
+    let mut wrong = reference.clone();
+    wrong["pcrs"]["4"] = Value::from("00".repeat(32));
+    std::fs::write(d.join("wrong-ref.json"), wrong.to_string()).unwrap();
+    let misled = Target {
+        agent: agent.clone(),
+        reference: d.join("wrong-ref.json"),
+    };
+    let out = deploy(&misled, &hello, false);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    fails(&out, "failed attestation; nothing was sent");
+    fails(&out, "PCR 4");
+    fails(&agent_cmd(&misled, &owner, &["ps"]), "nothing was sent");
+    // Without reference values nothing is sent either.
+    fails(
+        &cvm(&["deploy", hello.to_str().unwrap(), "--to", &agent]),
+        "no reference values",
+    );
 
     // A tampered ciphertext is refused after the key release and leaves nothing
     // behind: the same name deploys cleanly next.
-    fails(
-        &cvm(&["deploy", tampered.to_str().unwrap(), "--to", &agent]),
-        "BadContent",
-    );
-    assert!(ps(&agent, &owner).is_empty());
+    fails(&deploy(&t, &tampered, false), "BadContent");
+    assert!(ps(&t, &owner).is_empty());
 
     // Deploy, call, state kept in the preopen.
-    let deployed = json_ok(&cvm(&[
-        "deploy",
-        hello.to_str().unwrap(),
-        "--to",
-        &agent,
-        "--json",
-    ]));
+    let deployed = json_ok(&deploy(&t, &hello, true));
     assert_eq!(deployed["state"], "running", "{deployed}");
     assert_eq!(deployed["kind"], "http-component", "{deployed}");
     assert_eq!(
@@ -290,37 +337,22 @@ fn seal_deploy_call_and_refuse_everything_bad() {
         .unwrap()["digest"]
         .clone();
     assert_eq!(digest, deployed["manifest_sha256"]);
-    let logs = ok(&agent_cmd(&agent, &owner, &["logs", "hello"]));
+    let logs = ok(&agent_cmd(&t, &owner, &["logs", "hello"]));
     let measured = logs.find("measured").unwrap();
     let released = logs.find("content key default/hello/key released").unwrap();
     assert!(measured < released, "{logs}");
     assert!(logs.contains("compiled as http-component"), "{logs}");
 
     // Bad inputs, each with its reason; nothing changes for hello.
+    fails(&deploy(&t, &foreign, false), "UnknownOwner");
+    fails(&deploy(&t, &greedy, false), "the agent's own API");
+    fails(&deploy(&t, &keyless, false), "KeyRefused");
+    fails(&deploy(&t, &hello, false), "exists");
     fails(
-        &cvm(&["deploy", foreign.to_str().unwrap(), "--to", &agent]),
-        "UnknownOwner",
-    );
-    fails(
-        &cvm(&["deploy", greedy.to_str().unwrap(), "--to", &agent]),
-        "the agent's own API",
-    );
-    fails(
-        &cvm(&["deploy", keyless.to_str().unwrap(), "--to", &agent]),
-        "KeyRefused",
-    );
-    fails(
-        &cvm(&["deploy", hello.to_str().unwrap(), "--to", &agent]),
-        "exists",
-    );
-    fails(
-        &agent_cmd(&agent, &stranger, &["ps"]),
+        &agent_cmd(&t, &stranger, &["ps"]),
         "not trusted by this appliance",
     );
-    let names: Vec<Value> = ps(&agent, &owner)
-        .iter()
-        .map(|w| w["name"].clone())
-        .collect();
+    let names: Vec<Value> = ps(&t, &owner).iter().map(|w| w["name"].clone()).collect();
     assert_eq!(names, vec![Value::from("hello")]);
     assert_eq!(
         http(port, "GET", "/", "").1,
@@ -328,17 +360,11 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     );
 
     // A workload that loops is stopped by its limit and says so; the agent carries on.
-    let spun = json_ok(&cvm(&[
-        "deploy",
-        spinner.to_str().unwrap(),
-        "--to",
-        &agent,
-        "--json",
-    ]));
+    let spun = json_ok(&deploy(&t, &spinner, true));
     assert_eq!(spun["kind"], "command-component", "{spun}");
     let deadline = Instant::now() + Duration::from_secs(120);
     let reason = loop {
-        let w = ps(&agent, &owner)
+        let w = ps(&t, &owner)
             .into_iter()
             .find(|w| w["name"] == "spinner")
             .unwrap();
@@ -349,7 +375,7 @@ fn seal_deploy_call_and_refuse_everything_bad() {
         std::thread::sleep(Duration::from_secs(1));
     };
     assert!(reason.contains("wall-clock limit reached"), "{reason}");
-    let spin_logs = ok(&agent_cmd(&agent, &owner, &["logs", "spinner"]));
+    let spin_logs = ok(&agent_cmd(&t, &owner, &["logs", "spinner"]));
     assert!(
         spin_logs.contains("wall-clock limit reached"),
         "{spin_logs}"
@@ -360,18 +386,18 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     );
 
     // Stop and remove.
-    let stopped = json_ok(&agent_cmd(&agent, &owner, &["stop", "hello", "--json"]));
+    let stopped = json_ok(&agent_cmd(&t, &owner, &["stop", "hello", "--json"]));
     assert_eq!(stopped["state"], "stopped", "{stopped}");
-    ok(&agent_cmd(&agent, &owner, &["rm", "hello"]));
-    ok(&agent_cmd(&agent, &owner, &["rm", "spinner"]));
-    assert!(ps(&agent, &owner).is_empty());
+    ok(&agent_cmd(&t, &owner, &["rm", "hello"]));
+    ok(&agent_cmd(&t, &owner, &["rm", "spinner"]));
+    assert!(ps(&t, &owner).is_empty());
     let (code, report) = guest.shutdown();
     assert_eq!(code, 0, "{report}");
 }
 
 fn get(agent: &str, path: &str) -> Value {
     let out = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://{agent}{path}")])
+        .args(["-sfk", &format!("https://{agent}{path}")])
         .output()
         .unwrap();
     assert!(out.status.success(), "GET {path} failed");
