@@ -29,6 +29,11 @@ pub enum EventKind {
     /// A sealed workload's signed manifest, measured by the agent before it fetches the
     /// workload's key (subject: `name version owner=KID`; the digest is the manifest's).
     WorkloadManifest,
+    /// How a measured workload ended: refused after its manifest was measured, failed,
+    /// exited, stopped or removed by its owner (subject: `NAME OUTCOME: detail`; the
+    /// digest is the subject's). Restarts are not recorded, so a workload cannot grow
+    /// the log.
+    WorkloadOutcome,
 }
 
 /// The typed content of a record: what was measured and where it came from.

@@ -103,6 +103,7 @@ fn boot() -> Result<&'static str, InitError> {
     // Ctrl-Alt-Del becomes SIGINT to PID1 instead of an immediate reboot.
     let _ = set_cad_enabled(false);
     mounts::mount_all()?;
+    raise_fd_limit();
 
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(io("read", "/proc/cmdline"))?;
     let config_bytes = fs::read(CONFIG_PATH).map_err(io("read configuration", CONFIG_PATH))?;
@@ -125,6 +126,18 @@ fn boot() -> Result<&'static str, InitError> {
     let reason = reason?;
     power::console(&format!("cvm-init: shutdown requested ({reason})"));
     Ok(reason)
+}
+
+/// Open files allowed to PID1 and, inherited, to the agent and every workload runtime.
+/// The kernel's default of 1024 caps the agent at about 170 workloads (each holds its
+/// port's listener, a status socket and two pipes); memory should be the limit instead.
+const MAX_OPEN_FILES: u64 = 65536;
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES) {
+        tracing::warn!(error = %e, "could not raise the open-file limit; workloads will be fewer");
+    }
 }
 
 /// Where PID1 leaves the trusted owner keys for the agent (public, not secret).

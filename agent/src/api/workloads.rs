@@ -30,7 +30,9 @@ pub async fn deploy(w: &Arc<Workloads>, bundle: &[u8]) -> Response<Body> {
                 }
                 DeployError::Bundle(_) => StatusCode::BAD_REQUEST,
                 DeployError::Exists(_) => StatusCode::CONFLICT,
-                DeployError::NoBroker => StatusCode::SERVICE_UNAVAILABLE,
+                DeployError::NoBroker | DeployError::NoMemory { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 DeployError::Measure(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 DeployError::NotAllowed(_) | DeployError::Content(_) | DeployError::Start(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY

@@ -23,6 +23,10 @@ use super::{Entry, Workloads, now_ms, process, proxy};
 pub const MAX_WORKLOADS: usize = 512;
 /// Largest linear memory one workload may ask for, MiB.
 pub const MAX_MEMORY_MIB: u32 = 1024;
+/// Memory that must be available before a deploy starts: compiling a workload takes
+/// tens of MiB for a moment, and the kernel's OOM killer must never be what stops a
+/// deploy (it could pick the agent or another workload instead).
+pub const DEPLOY_HEADROOM_MIB: u64 = 64;
 /// How long the runtime may take to compile and start (TCG guests are slow).
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -38,6 +42,14 @@ pub enum DeployError {
     /// A workload of that name exists.
     #[error("a workload named {0} exists (remove it first)")]
     Exists(String),
+    /// The guest has too little memory left to start another workload.
+    #[error(
+        "the appliance has {available_mib} MiB of memory available and a deploy needs {DEPLOY_HEADROOM_MIB} MiB: remove a workload or give the guest more memory"
+    )]
+    NoMemory {
+        /// MemAvailable, MiB.
+        available_mib: u64,
+    },
     /// The manifest could not be measured.
     #[error("measure the manifest: {0}")]
     Measure(String),
@@ -74,6 +86,7 @@ impl DeployError {
             DeployError::Bundle(_) => "BadBundle",
             DeployError::NotAllowed(_) => "PolicyNotAllowed",
             DeployError::Exists(_) => "Exists",
+            DeployError::NoMemory { .. } => "InsufficientMemory",
             DeployError::Measure(_) => "MeasureFailed",
             DeployError::NoBroker => "NoBroker",
             DeployError::Key { .. } => "KeyRefused",
@@ -102,6 +115,8 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
     )?;
     let state_dir = w.workload_state(&manifest.name);
     let state_existed = state_dir.as_ref().is_some_and(|d| d.exists());
+    // Once the manifest is in the log, a refusal goes there too.
+    let mut measured = false;
     let result = async {
         if let Some(port) = manifest.policy.http.as_ref().map(|h| h.port) {
             let sock = w.ctx.run_dir.join(&manifest.name).join("http.sock");
@@ -127,6 +142,7 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
         .await
         .map_err(|e| DeployError::Measure(e.to_string()))?
         .map_err(DeployError::Measure)?;
+        measured = true;
         entry.logs.push(
             LogStream::Event,
             &format!(
@@ -161,6 +177,7 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
             entry.clone(),
             w.ctx.runtime.clone(),
             spec,
+            w.ctx.measurements.clone(),
         ));
         if let Ok(mut s) = entry.supervisor.lock() {
             *s = Some(handle);
@@ -203,6 +220,14 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
             warn!(workload = %manifest.name, error = %e, "deploy refused");
             super::halt(&entry).await;
             w.discard(&manifest.name, !state_existed);
+            if measured {
+                super::record_outcome(
+                    &w.ctx.measurements,
+                    &manifest.name,
+                    &format!("refused: {}: {e}", e.kind()),
+                )
+                .await;
+            }
             Err(e)
         }
     }
@@ -235,6 +260,12 @@ fn admit(w: &Workloads, m: &Manifest) -> Result<(), DeployError> {
     for a in &p.network.connect {
         if a.ip().is_loopback() && a.port() == api {
             return no(format!("network.connect {a} is the agent's own API"));
+        }
+    }
+    if let Some(available) = super::mem_available_bytes() {
+        let available_mib = available >> 20;
+        if available_mib < DEPLOY_HEADROOM_MIB {
+            return Err(DeployError::NoMemory { available_mib });
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ use cvm_runtime::bundle::owner::OwnerKeys;
 use cvm_runtime::launch::{StatusEvent, WasmKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::warn;
 
 use crate::broker::Broker;
 use crate::runtime_log::Measurements;
@@ -232,6 +233,53 @@ fn kind_name(kind: WasmKind) -> &'static str {
     }
 }
 
+/// Longest outcome subject measured (a trap's message can be long).
+const MAX_OUTCOME: usize = 512;
+
+/// Measure how workload `name` ended into the runtime log and register, so evidence
+/// shows it to a verifier or broker after the fact. A failure to measure is logged and
+/// changes nothing else: the outcome has happened either way.
+pub(crate) async fn record_outcome(measurements: &Arc<Measurements>, name: &str, outcome: &str) {
+    let mut subject = format!("{name} {outcome}");
+    if subject.len() > MAX_OUTCOME {
+        let mut end = MAX_OUTCOME;
+        while !subject.is_char_boundary(end) {
+            end -= 1;
+        }
+        subject.truncate(end);
+    }
+    let m = measurements.clone();
+    let measured = tokio::task::spawn_blocking(move || {
+        m.measure(
+            cvm_attest::EventKind::WorkloadOutcome,
+            &subject,
+            subject.as_bytes(),
+        )
+    })
+    .await;
+    match measured {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(workload = %name, error = %e, "could not measure the workload's outcome")
+        }
+        Err(e) => warn!(workload = %name, error = %e, "could not measure the workload's outcome"),
+    }
+}
+
+/// The kernel's estimate of memory available for new work (`MemAvailable`), bytes.
+pub fn mem_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
@@ -307,6 +355,7 @@ impl Workloads {
             return Err(WorkloadError::NotRunning(name.to_owned()));
         }
         halt(&entry).await;
+        record_outcome(&self.ctx.measurements, name, "stopped: by its owner").await;
         entry
             .status()
             .ok_or_else(|| WorkloadError::NotFound(name.to_owned()))
@@ -317,6 +366,7 @@ impl Workloads {
         let entry = self.get(name, owner)?;
         halt(&entry).await;
         self.discard(name, true);
+        record_outcome(&self.ctx.measurements, name, "removed: with its state").await;
         Ok(())
     }
 
@@ -401,6 +451,14 @@ impl Workloads {
             "gauge",
             "Resident memory of the agent.",
             rss_bytes(std::process::id())
+                .map(|b| vec![(String::new(), b.to_string())])
+                .unwrap_or_default(),
+        );
+        metric(
+            "cvm_guest_memory_available_bytes",
+            "gauge",
+            "Memory the guest kernel estimates is available (MemAvailable).",
+            mem_available_bytes()
                 .map(|b| vec![(String::new(), b.to_string())])
                 .unwrap_or_default(),
         );

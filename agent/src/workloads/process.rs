@@ -16,6 +16,7 @@ use tokio::process::Command;
 use tracing::{info, warn};
 
 use super::Entry;
+use crate::runtime_log::Measurements;
 
 /// Consecutive quick crashes after which a serving workload is given up.
 const MAX_QUICK_FAILURES: u32 = 5;
@@ -30,12 +31,37 @@ enum Ended {
     Exited(String),
 }
 
-/// Start and supervise the workload until it stops for good.
-pub async fn supervise(entry: Arc<Entry>, runtime: std::path::PathBuf, spec: LaunchSpec) {
+/// Start and supervise the workload until it stops for good; a failure or an exit is
+/// measured into the runtime log.
+pub async fn supervise(
+    entry: Arc<Entry>,
+    runtime: std::path::PathBuf,
+    spec: LaunchSpec,
+    measurements: Arc<Measurements>,
+) {
+    supervise_until_end(&entry, &runtime, &spec).await;
+    // A runtime that never became ready is a refused deploy, which deploy.rs measures.
+    if !entry.reached_running() {
+        return;
+    }
+    let Some(status) = entry.status() else { return };
+    let outcome = match status.state {
+        WorkloadState::Failed => format!(
+            "failed: {}",
+            status.reason.as_deref().unwrap_or("no reason given")
+        ),
+        WorkloadState::Exited => format!("exited: code {}", status.exit_code.unwrap_or(0)),
+        // Stops are measured where the owner asked for them.
+        _ => return,
+    };
+    super::record_outcome(&measurements, &status.name, &outcome).await;
+}
+
+async fn supervise_until_end(entry: &Arc<Entry>, runtime: &Path, spec: &LaunchSpec) {
     let mut quick_failures = 0u32;
     loop {
         let started = Instant::now();
-        let ended = run_once(&entry, &runtime, &spec).await;
+        let ended = run_once(entry, runtime, spec).await;
         let reached_running = entry.reached_running();
         match ended {
             Ended::Stopped => {

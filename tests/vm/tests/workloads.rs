@@ -391,6 +391,33 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     ok(&agent_cmd(&t, &owner, &["rm", "hello"]));
     ok(&agent_cmd(&t, &owner, &["rm", "spinner"]));
     assert!(ps(&t, &owner).is_empty());
+
+    // How each measured workload ended is in the measured log too, in order; the
+    // refusals before measurement (untrusted owner, the agent's port) are not.
+    let log = get(&agent, "/v1/eventlog");
+    let outcomes: Vec<String> = log["log"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["content"]["kind"] == "workload-outcome")
+        .map(|r| r["content"]["subject"].as_str().unwrap().to_owned())
+        .collect();
+    let expected = [
+        "hello refused: BadContent",
+        "keyless refused: KeyRefused",
+        "spinner failed: ",
+        "hello stopped: by its owner",
+        "hello removed: with its state",
+        "spinner removed: with its state",
+    ];
+    assert_eq!(outcomes.len(), expected.len(), "{outcomes:#?}");
+    for (got, want) in outcomes.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got:?} is not {want:?}…");
+    }
+    assert!(
+        outcomes[2].contains("wall-clock limit reached"),
+        "{outcomes:?}"
+    );
     let (code, report) = guest.shutdown();
     assert_eq!(code, 0, "{report}");
 }
