@@ -7,7 +7,7 @@
 //! once (binding it to the certified EK), then trusts quotes it signs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -18,6 +18,8 @@ use cvm_attest::tdx::attester::TdxAttesterError;
 use cvm_attest::tpm::attester::{AttesterError, TpmAttester};
 use cvm_attest::tpm::{ActivationRequest, ActivationResponse, AkIdentity};
 use cvm_proto::agent::AttestationEvidence;
+
+use crate::runtime_log::Measurements;
 
 /// Where the kernel exposes the firmware's TCG event log.
 pub const FIRMWARE_LOG: &str = "kernel/security/tpm0/binary_bios_measurements";
@@ -70,23 +72,27 @@ pub struct Attestation {
     eventlog: PathBuf,
     sysfs: PathBuf,
     tls_key_sha256: [u8; 32],
+    measurements: Arc<Measurements>,
     attester: Mutex<Option<TpmAttester>>,
 }
 
 impl Attestation {
     /// An attester for the TPM at `tcti` (`None`: no TPM) whose evidence binds the TLS
-    /// key with SHA-256 `tls_key_sha256` (of its SubjectPublicKeyInfo).
+    /// key with SHA-256 `tls_key_sha256` (of its SubjectPublicKeyInfo); no measurement
+    /// through `measurements` happens while evidence is made.
     pub fn new(
         tcti: Option<String>,
         eventlog: PathBuf,
         sysfs: PathBuf,
         tls_key_sha256: [u8; 32],
+        measurements: Arc<Measurements>,
     ) -> Self {
         Self {
             tcti,
             eventlog,
             sysfs,
             tls_key_sha256,
+            measurements,
             attester: Mutex::new(None),
         }
     }
@@ -156,7 +162,9 @@ impl Attestation {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| AttestationError::BadRequest(format!("encode evidence: {e}")))
         };
-        // One read of the log serves the binding and the answer, so they cannot differ.
+        // One read of the log serves the binding and the answer, so they cannot differ,
+        // and no measurement lands between it and the quote.
+        let _still = self.measurements.hold_still();
         let runtime_log = self.runtime_log()?;
         let (evidence, firmware_log) = match tee {
             "tpm" => {

@@ -92,6 +92,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let sysfs = PathBuf::from("/sys");
     std::fs::create_dir_all(&args.run_dir)
         .map_err(|e| anyhow::anyhow!("create {}: {e}", args.run_dir.display()))?;
+    let measurements = Arc::new(runtime_log::Measurements::new(
+        args.eventlog.clone(),
+        args.tpm.clone(),
+    ));
     let workloads = Arc::new(workloads::Workloads::new(workloads::Context {
         runtime: args.runtime.clone(),
         run_dir: args.run_dir.clone(),
@@ -99,10 +103,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         api_port: local.port(),
         owners: owners.clone(),
         broker,
-        measurements: Arc::new(runtime_log::Measurements::new(
-            args.eventlog.clone(),
-            args.tpm.clone(),
-        )),
+        measurements: measurements.clone(),
     }));
     let state = Arc::new(AgentState {
         attestation: Arc::new(attestation::Attestation::new(
@@ -110,6 +111,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.eventlog.clone(),
             sysfs.clone(),
             tls.key_sha256,
+            measurements,
         )),
         eventlog: args.eventlog,
         sysfs,

@@ -2,13 +2,19 @@
 //! (each workload's manifest before its key is fetched) to the same log and register.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use cvm_attest::register::{NoRegister, RegisterId, RuntimeLog, TdxRtmr, TpmPcr};
 use cvm_attest::{EventKind, EventLog, MeasurementRegister};
 
 /// The log and its register, one measurement at a time.
+///
+/// Evidence is a quote of the register plus the log, made at two moments; a measurement
+/// between them makes the log and the register disagree and the evidence fail. So
+/// measuring holds `still` for writing and making evidence holds it for reading
+/// ([`Measurements::hold_still`]): evidence never straddles a measurement.
 pub struct Measurements {
+    still: RwLock<()>,
     log: Mutex<Option<RuntimeLog>>,
     path: PathBuf,
     tcti: Option<String>,
@@ -27,6 +33,7 @@ impl Measurements {
     /// serves everything else, and says why it cannot measure).
     pub fn new(path: PathBuf, tcti: Option<String>) -> Self {
         Self {
+            still: RwLock::new(()),
             log: Mutex::new(None),
             path,
             tcti,
@@ -59,8 +66,35 @@ impl Measurements {
         })
     }
 
+    /// No measurement happens while the returned guard lives: hold it from reading the
+    /// log until the evidence over the register is made.
+    pub fn hold_still(&self) -> RwLockReadGuard<'_, ()> {
+        // The guarded value is `()`: a poisoned lock protects nothing that could be
+        // half-written.
+        self.still
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The log as it stands (call under [`Measurements::hold_still`] to use it for
+    /// evidence).
+    pub fn current(&self) -> Result<EventLog, String> {
+        let mut guard = self.log.lock().map_err(|_| "runtime log lock poisoned")?;
+        if guard.is_none() {
+            *guard = Some(self.open()?);
+        }
+        guard
+            .as_ref()
+            .map(|l| l.log().clone())
+            .ok_or_else(|| "runtime log unavailable".into())
+    }
+
     /// Extend the register with `data` and append the record; returns the log after it.
     pub fn measure(&self, kind: EventKind, subject: &str, data: &[u8]) -> Result<EventLog, String> {
+        let _still = self
+            .still
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut guard = self.log.lock().map_err(|_| "runtime log lock poisoned")?;
         if guard.is_none() {
             *guard = Some(self.open()?);
@@ -75,5 +109,40 @@ impl Measurements {
             format!("{e}{cause}")
         })?;
         Ok(log.log().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn no_measurement_while_evidence_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eventlog.json");
+        let empty = EventLog::new(RegisterId::None);
+        std::fs::write(&path, serde_json::to_vec(&empty).unwrap()).unwrap();
+        let m = Arc::new(Measurements::new(path, None));
+        let before = m.current().unwrap();
+
+        let still = m.hold_still();
+        let (tx, rx) = mpsc::channel();
+        let measurer = m.clone();
+        let t = std::thread::spawn(move || {
+            let log = measurer.measure(EventKind::WorkloadOutcome, "w failed: x", b"w failed: x");
+            tx.send(log.map(|l| l.records.len())).unwrap();
+        });
+        // The measurement waits while evidence is being made...
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(m.current().unwrap(), before);
+        // ...and lands once it is done.
+        drop(still);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(1));
+        t.join().unwrap();
+        assert_eq!(m.current().unwrap().records.len(), 1);
     }
 }

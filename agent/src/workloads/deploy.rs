@@ -155,14 +155,21 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
         let broker = w.ctx.broker.clone().ok_or(DeployError::NoBroker)?;
         let resource = manifest.key_resource.clone();
         let wanted = resource.clone();
-        let key = tokio::task::spawn_blocking(move || broker.fetch(&wanted, &log))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|reason| DeployError::Key {
-                resource: resource.clone(),
-                reason,
-            })?;
+        // The evidence must show the log as it is when the quote is made (another
+        // workload may have been measured since this one).
+        drop(log);
+        let measurements = w.ctx.measurements.clone();
+        let key = tokio::task::spawn_blocking(move || {
+            let _still = measurements.hold_still();
+            broker.fetch(&wanted, &measurements.current()?)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|reason| DeployError::Key {
+            resource: resource.clone(),
+            reason,
+        })?;
         entry.logs.push(
             LogStream::Event,
             &format!("content key {resource} released by the broker"),
