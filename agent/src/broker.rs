@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cvm_attest::EventLog;
 use cvm_kbs_client::attester::guest;
-use cvm_kbs_client::client::{ClientConfig, KbsClient};
+use cvm_kbs_client::client::{ClientConfig, ClientError, KbsClient};
 use cvm_kbs_client::http::BrokerTls;
 use zeroize::Zeroizing;
 
@@ -76,18 +76,10 @@ impl Broker {
         config.retries = RETRIES;
         config.backoff = BACKOFF;
         config.init_data = Some(self.initdata.clone());
-        let chain = |e: &dyn std::error::Error| {
-            let mut s = e.to_string();
-            let mut cause = e.source();
-            while let Some(c) = cause {
-                s.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            s
-        };
-        let mut client = KbsClient::new(config).map_err(|e| chain(&e))?;
+        let chain = |e: ClientError| crate::error_chain(&e);
+        let mut client = KbsClient::new(config).map_err(chain)?;
         let mut attester = guest::attester(guest::detect(), self.tcti.as_deref(), runtime_log)?;
-        client.attest(attester.as_mut()).map_err(|e| chain(&e))?;
-        client.resource(resource).map_err(|e| chain(&e))
+        client.attest(attester.as_mut()).map_err(chain)?;
+        client.resource(resource).map_err(chain)
     }
 }

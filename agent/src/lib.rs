@@ -33,6 +33,17 @@ use tracing::info;
 
 pub use args::{AgentArgs, ArgsError};
 
+/// An error with all its causes, `outer: cause: cause`, for answers and logs.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
 /// What the request handlers share.
 #[derive(Debug)]
 pub struct AgentState {

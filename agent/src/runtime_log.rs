@@ -58,12 +58,7 @@ impl Measurements {
             ),
             RegisterId::None => Box::new(NoRegister),
         };
-        RuntimeLog::resume(register, self.path.clone()).map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            format!("{e}{cause}")
-        })
+        RuntimeLog::resume(register, self.path.clone()).map_err(|e| crate::error_chain(&e))
     }
 
     /// No measurement happens while the returned guard lives: hold it from reading the
@@ -102,12 +97,8 @@ impl Measurements {
         let Some(log) = guard.as_mut() else {
             return Err("runtime log unavailable".into());
         };
-        log.measure(kind, subject, data).map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            format!("{e}{cause}")
-        })?;
+        log.measure(kind, subject, data)
+            .map_err(|e| crate::error_chain(&e))?;
         Ok(log.log().clone())
     }
 }

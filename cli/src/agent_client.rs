@@ -308,20 +308,26 @@ fn request_keyed(
         raw
     };
     if !(200..300).contains(&status) {
-        let body: ErrorBody =
-            serde_json::from_slice(&body).map_err(|e| AgentClientError::Malformed {
-                addr: addr.to_owned(),
-                path: what.clone(),
-                reason: format!("status {status} without an error body: {e}"),
-            })?;
-        return Err(AgentClientError::Status {
+        return Err(status_error(addr, what, status, &body));
+    }
+    Ok((body, key))
+}
+
+/// The agent's error answer as an error (or a malformed-answer error).
+fn status_error(addr: &str, what: String, status: u16, body: &[u8]) -> AgentClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => AgentClientError::Status {
             addr: addr.to_owned(),
             path: what,
             status,
             body,
-        });
+        },
+        Err(e) => AgentClientError::Malformed {
+            addr: addr.to_owned(),
+            path: what,
+            reason: format!("status {status} without an error body: {e}"),
+        },
     }
-    Ok((body, key))
 }
 
 /// Send a request and read a streamed (chunked) answer, calling `on_line` for each line
@@ -349,18 +355,7 @@ pub fn stream_lines(
         } else {
             raw
         };
-        let body: ErrorBody =
-            serde_json::from_slice(&raw).map_err(|e| AgentClientError::Malformed {
-                addr: addr.to_owned(),
-                path: what.clone(),
-                reason: format!("status {status} without an error body: {e}"),
-            })?;
-        return Err(AgentClientError::Status {
-            addr: addr.to_owned(),
-            path: what,
-            status,
-            body,
-        });
+        return Err(status_error(addr, what, status, &raw));
     }
     let mut pending = Vec::new();
     let mut emit = |bytes: &[u8], pending: &mut Vec<u8>| -> bool {

@@ -28,15 +28,7 @@ where
 }
 
 fn failure(e: &AttestationError) -> Response<Body> {
-    let detail = {
-        let mut s = e.to_string();
-        let mut cause = std::error::Error::source(e);
-        while let Some(c) = cause {
-            s.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
-        s
-    };
+    let detail = crate::error_chain(e);
     let (status, kind) = match e {
         AttestationError::NoTpm => (StatusCode::SERVICE_UNAVAILABLE, "NoTpm"),
         AttestationError::Snp(cvm_attest::snp::attester::SnpAttesterError::NotSnp { .. })

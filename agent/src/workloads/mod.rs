@@ -256,41 +256,35 @@ pub(crate) async fn record_outcome(measurements: &Arc<Measurements>, name: &str,
             subject.as_bytes(),
         )
     })
-    .await;
-    match measured {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            warn!(workload = %name, error = %e, "could not measure the workload's outcome")
-        }
-        Err(e) => warn!(workload = %name, error = %e, "could not measure the workload's outcome"),
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    if let Err(e) = measured {
+        warn!(workload = %name, error = %e, "could not measure the workload's outcome");
     }
 }
 
 /// The kernel's estimate of memory available for new work (`MemAvailable`), bytes.
 pub fn mem_available_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    proc_kib_field("/proc/meminfo", "MemAvailable:")
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
+    proc_kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// A `NAME:   N kB` line of a /proc file, in bytes.
+fn proc_kib_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kib: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
-    Some(kb * 1024)
+    Some(kib * 1024)
 }
 
 /// A request about a workload that cannot be served.

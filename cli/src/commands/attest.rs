@@ -125,9 +125,14 @@ fn fresh_nonce() -> anyhow::Result<[u8; 32]> {
     Ok(nonce)
 }
 
-/// Bind the guest's AK to its certified EK, over `agent` (pinned). The outer error is
-/// a host or transport failure; the inner one is a verification failure, described.
-fn bind_ak(agent: &Agent, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, String>> {
+/// Bind the guest's AK (`identity`) to its certified EK, over `agent` (pinned). The
+/// outer error is a host or transport failure; the inner one is a verification failure,
+/// described.
+fn bind_ak(
+    agent: &Agent,
+    identity: &AkIdentity,
+    trust: &EkTrust,
+) -> anyhow::Result<Result<TrustedAk, String>> {
     let describe = |e: &dyn std::error::Error| {
         let mut s = e.to_string();
         let mut cause = e.source();
@@ -137,8 +142,7 @@ fn bind_ak(agent: &Agent, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, S
         }
         s
     };
-    let identity: AkIdentity = agent_client::get_json(agent, "/v1/attestation/identity")?;
-    let challenge = match challenge_ak(&identity, trust, SystemTime::now()) {
+    let challenge = match challenge_ak(identity, trust, SystemTime::now()) {
         Ok(c) => c,
         Err(e) => return Ok(Err(describe(&e))),
     };
@@ -158,8 +162,8 @@ fn bind_ak(agent: &Agent, trust: &EkTrust) -> anyhow::Result<Result<TrustedAk, S
     Ok(challenge.finish(&answer).map_err(|e| describe(&e)))
 }
 
-/// Attest the guest at `addr`: note the TLS key its agent presents, then over
-/// connections pinned to that key bind its AK, ask for fresh evidence bound to the key,
+/// Attest the guest at `addr`: note the TLS key its agent presents with the AK's
+/// identity, then over connections pinned to that key bind the AK, ask for fresh evidence bound to the key,
 /// and appraise it against `reference`. The error is a host or transport failure; a
 /// failed check is in the returned checks. When the report is ok, the agent returned
 /// is pinned to the attested key.
@@ -168,10 +172,11 @@ pub fn attest_guest(
     trust: &EkTrust,
     reference: Option<&QemuReference>,
 ) -> anyhow::Result<(AttestReport, Agent)> {
-    let (_, key): (cvm_proto::agent::Health, _) =
-        agent_client::get_json_keyed(&Agent::unverified(addr), "/healthz")?;
+    // The AK's identity is public; the connection that brings it names the key to pin.
+    let (identity, key): (AkIdentity, _) =
+        agent_client::get_json_keyed(&Agent::unverified(addr), "/v1/attestation/identity")?;
     let agent = Agent::pinned(addr, key);
-    let ak = match bind_ak(&agent, trust)? {
+    let ak = match bind_ak(&agent, &identity, trust)? {
         Ok(ak) => ak,
         Err(detail) => {
             let report = AttestReport {

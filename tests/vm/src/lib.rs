@@ -200,6 +200,17 @@ impl Drop for Guest {
     }
 }
 
+/// `GET path` on the agent at `agent` over its TLS (key not checked: public answers),
+/// as JSON; panics unless it answers 2xx.
+pub fn agent_get(agent: &str, path: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sfk", &format!("https://{agent}{path}")])
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "GET {path} failed");
+    serde_json::from_slice(&out.stdout).expect("a JSON answer")
+}
+
 /// Parse a command's stdout as JSON, panicking with its stderr when it failed.
 pub fn json_ok(o: &Output) -> Value {
     assert!(

@@ -12,8 +12,7 @@
 use std::path::Path;
 
 use base64::Engine as _;
-use cvm_vm_tests::{Broker, Guest, cvm, enabled, image, json_ok, repo_root};
-use serde_json::Value;
+use cvm_vm_tests::{Broker, Guest, agent_get, cvm, enabled, image, json_ok, repo_root};
 
 fn ok(o: &std::process::Output) {
     assert!(
@@ -59,15 +58,6 @@ fn register(broker: &Broker, image: &Path, initdata: &Path, name: &str, dir: &Pa
         "--name",
         name,
     ]));
-}
-
-fn get(agent: &str, path: &str) -> Value {
-    let out = std::process::Command::new("curl")
-        .args(["-sfk", &format!("https://{agent}{path}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "GET {path} failed");
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -137,7 +127,7 @@ fn state_is_created_then_unlocked_and_twins_are_refused() {
         "--serial-log",
         serial1.to_str().unwrap(),
     ]);
-    let state = get(&guest.agent, "/v1/state");
+    let state = agent_get(&guest.agent, "/v1/state");
     assert_eq!(state["mounted"], true, "{state}");
     assert_eq!(state["record"]["boots"], 1, "{state}");
     assert_eq!(state["secrets"], serde_json::json!(["cvm/app/token"]));
@@ -161,7 +151,7 @@ fn state_is_created_then_unlocked_and_twins_are_refused() {
         "--serial-log",
         serial2.to_str().unwrap(),
     ]);
-    let state = get(&guest.agent, "/v1/state");
+    let state = agent_get(&guest.agent, "/v1/state");
     assert_eq!(state["record"]["boots"], 2, "{state}");
     let uuid = state["record"]["uuid"].as_str().unwrap().to_owned();
     let (code, _) = guest.shutdown();

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cvm_vm_tests::{Broker, Guest, cvm, enabled, image, json_ok, target_dir};
+use cvm_vm_tests::{Broker, Guest, agent_get, cvm, enabled, image, json_ok, target_dir};
 use serde_json::Value;
 
 fn ok(o: &std::process::Output) -> String {
@@ -320,7 +320,7 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     );
 
     // Its manifest is in the measured log, before its key was released.
-    let log = get(&agent, "/v1/eventlog");
+    let log = agent_get(&agent, "/v1/eventlog");
     let manifests: Vec<&Value> = log["log"]["records"]
         .as_array()
         .unwrap()
@@ -394,7 +394,7 @@ fn seal_deploy_call_and_refuse_everything_bad() {
 
     // How each measured workload ended is in the measured log too, in order; the
     // refusals before measurement (untrusted owner, the agent's port) are not.
-    let log = get(&agent, "/v1/eventlog");
+    let log = agent_get(&agent, "/v1/eventlog");
     let outcomes: Vec<String> = log["log"]["records"]
         .as_array()
         .unwrap()
@@ -420,13 +420,4 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     );
     let (code, report) = guest.shutdown();
     assert_eq!(code, 0, "{report}");
-}
-
-fn get(agent: &str, path: &str) -> Value {
-    let out = std::process::Command::new("curl")
-        .args(["-sfk", &format!("https://{agent}{path}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "GET {path} failed");
-    serde_json::from_slice(&out.stdout).unwrap()
 }
