@@ -4,7 +4,7 @@
 //! the TCB. This issue's agent serves its health and the measured event log over HTTP on
 //! the guest network over attested TLS (its key made here, bound into its evidence),
 //! evidence for verifiers (TPM quotes with the event logs, AK activation), and the
-//! sealed workloads; enforcement arrives in a later issue.
+//! sealed workloads, each confined by the kernel ([`enforce`]) as well as by wasmtime.
 //!
 //! Inputs: `--listen ADDR` and `--eventlog PATH` from PID1's configuration. Outputs: the
 //! HTTP API and a `cvm-agent: ready <addr>` console line once it accepts connections.
@@ -17,6 +17,7 @@ pub mod api;
 pub mod args;
 pub mod attestation;
 pub mod broker;
+pub mod enforce;
 pub mod measurements;
 pub mod runtime_log;
 pub mod secrets;
@@ -107,6 +108,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.eventlog.clone(),
         args.tpm.clone(),
     ));
+    // Enforcement lives in the kernel (PID1 installed and pinned the baseline); the
+    // agent only opens the maps. Without them no workload is deployed.
+    let enforcer = enforce::Enforcer::open().map(Arc::new);
+    match &enforcer {
+        Ok(e) => info!(baseline = %e.baseline.sha256, "kernel enforcement maps opened"),
+        Err(e) => {
+            tracing::error!(error = %e, "kernel enforcement unavailable: no workload will be deployed")
+        }
+    }
+    let events = enforcer.as_ref().ok().map(|e| e.events());
     let workloads = Arc::new(workloads::Workloads::new(workloads::Context {
         runtime: args.runtime.clone(),
         run_dir: args.run_dir.clone(),
@@ -115,7 +126,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         owners: owners.clone(),
         broker,
         measurements: measurements.clone(),
+        enforcer,
     }));
+    match events {
+        Some(Ok(ring)) => {
+            let w = workloads.clone();
+            tokio::spawn(async move {
+                if let Err(e) = enforce::read_events(ring, w).await {
+                    tracing::error!(error = %e, "kernel enforcement events can no longer be read");
+                }
+            });
+        }
+        Some(Err(e)) => tracing::error!(error = %e, "kernel enforcement events unavailable"),
+        None => {}
+    }
     let state = Arc::new(AgentState {
         attestation: Arc::new(attestation::Attestation::new(
             args.tpm,

@@ -9,6 +9,19 @@ fn main() -> std::process::ExitCode {
         .without_time()
         .with_writer(std::io::stderr)
         .init();
+    // `cvm-agent baseline`: PID1 runs this once per boot, before the agent proper.
+    if std::env::args().nth(1).as_deref() == Some("baseline") {
+        return match cvm_agent::enforce::baseline::install() {
+            Ok(report) => {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cvm-agent baseline: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = cvm_agent::AgentArgs::parse(std::env::args().skip(1))
         .map_err(anyhow::Error::from)
         .and_then(|args| {

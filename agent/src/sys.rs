@@ -1,5 +1,5 @@
-//! The one place in the agent that needs `unsafe`: taking ownership of the descriptor
-//! PID1 passed by number.
+//! Syscalls without a safe wrapper: taking ownership of the descriptor PID1 passed by
+//! number, and killing a runtime process.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
@@ -18,4 +18,16 @@ pub fn take_fd(fd: i32) -> anyhow::Result<OwnedFd> {
     // alone; `take_fd` runs once at start, before anything else could close or reuse the
     // number, so the returned OwnedFd is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// SIGKILL process `pid` (a workload runtime the agent started).
+pub fn kill(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a pid that
+    // has exited makes it fail with ESRCH, which is ignored.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
 }

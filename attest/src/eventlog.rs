@@ -34,6 +34,17 @@ pub enum EventKind {
     /// digest is the subject's). Restarts are not recorded, so a workload cannot grow
     /// the log.
     WorkloadOutcome,
+    /// The appliance-wide enforcement baseline PID1 loaded before the agent started
+    /// (subject: `sha256:DIGEST HOOKS`; the digest is the canonical baseline document's).
+    EnforcementBaseline,
+    /// A workload's effective confinement (baseline + its own rules, every layer),
+    /// measured before its runtime starts and before its key is fetched (subject:
+    /// `NAME mode=MODE`; the digest is the canonical confinement document's).
+    WorkloadConfinement,
+    /// The first kernel-enforcement event of one kind for one workload (or for the
+    /// baseline): `NAME denied|audited HOOK detail`. Later ones of that kind are only
+    /// counted and logged, so a workload cannot grow the log.
+    EnforcementEvent,
 }
 
 /// The typed content of a record: what was measured and where it came from.

@@ -91,6 +91,26 @@ fn main() -> anyhow::Result<()> {
     let rps_host = throughput(&host.addr, 4, Duration::from_secs(seconds))?;
     drop(host);
 
+    // Enforcement overhead, same guest run: the example under its policy (mode
+    // enforce: BPF LSM rules + Landlock) against the same bundle with mode audit
+    // (programs report, nothing is denied, no Landlock), on /healthz and on /notes,
+    // which opens a file of its preopen per request.
+    post(&guest_addr, "/notes", "benchmark")?;
+    let d = Duration::from_secs(seconds);
+    let enforce_health = throughput_of(&guest_addr, "/healthz", 4, d)?;
+    let enforce_notes = throughput_of(&guest_addr, "/notes", 4, d)?;
+    remove(&agent, &owner, "hello")?;
+    let mut audit_policy = WorkloadPolicy::from_yaml(&std::fs::read_to_string(&policy_path)?)?;
+    audit_policy.mode = cvm_runtime::policy::Mode::Audit;
+    deploy(
+        &agent,
+        &seal_one(&admin, &owner, &wasm, "hello", audit_policy)?,
+    )?;
+    wait_healthy(&guest_addr)?;
+    post(&guest_addr, "/notes", "benchmark")?;
+    let audit_health = throughput_of(&guest_addr, "/healthz", 4, d)?;
+    let audit_notes = throughput_of(&guest_addr, "/notes", 4, d)?;
+
     // Density: idle wasi:http workloads until the guest refuses one (or the budget ends).
     let before = metrics(&agent, &owner)?;
     let started = Instant::now();
@@ -139,6 +159,10 @@ fn main() -> anyhow::Result<()> {
         "deploy_to_first_response_ms": first,
         "request_p50_us": {"guest_via_agent": latency_guest, "host_cvm_wasm": latency_host},
         "requests_per_s": {"guest_via_agent": rps_guest, "host_cvm_wasm": rps_host},
+        "enforcement_requests_per_s": {
+            "healthz": {"enforce": enforce_health, "audit": audit_health},
+            "notes": {"enforce": enforce_notes, "audit": audit_notes},
+        },
         "idle_workloads": deployed + 1,
         "density_stop": stop,
         "idle_deploy_p50_ms": deploy_times.get(deploy_times.len() / 2),
@@ -199,6 +223,43 @@ fn deploy(agent: &Agent, bundle: &[u8]) -> anyhow::Result<cvm_proto::agent::Work
     )?)
 }
 
+/// `DELETE /v1/workloads/NAME`, owner-signed.
+fn remove(agent: &Agent, owner: &OwnerKey, name: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/workloads/{name}");
+    let headers = sign_request(owner, agent, "DELETE", &path, b"")?;
+    agent_client::request(agent, "DELETE", &path, b"", "application/json", &headers)?;
+    Ok(())
+}
+
+/// Wait until the example answers `GET /healthz`.
+fn wait_healthy(addr: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        if let Ok((200, _)) = Client::connect(addr).and_then(|mut c| c.get("/healthz")) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "hello never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `POST path` with `body` (one request, its own connection).
+fn post(addr: &str, path: &str, body: &str) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    anyhow::ensure!(answer.starts_with("HTTP/1.1 20"), "POST {path}: {answer}");
+    Ok(())
+}
+
 /// The agent's unlabelled gauges, by name.
 fn metrics(agent: &Agent, owner: &OwnerKey) -> anyhow::Result<HashMap<String, f64>> {
     let headers = sign_request(owner, agent, "GET", "/v1/metrics", b"")?;
@@ -229,16 +290,22 @@ fn latency(addr: &str, n: usize) -> anyhow::Result<u128> {
 
 /// Requests per second from `conns` keep-alive connections for `d`.
 fn throughput(addr: &str, conns: usize, d: Duration) -> anyhow::Result<f64> {
+    throughput_of(addr, "/healthz", conns, d)
+}
+
+/// Requests per second of `GET path` from `conns` keep-alive connections for `d`.
+fn throughput_of(addr: &str, path: &str, conns: usize, d: Duration) -> anyhow::Result<f64> {
     let start = Instant::now();
     let handles: Vec<_> = (0..conns)
         .map(|_| {
             let addr = addr.to_owned();
+            let path = path.to_owned();
             std::thread::spawn(move || -> anyhow::Result<u64> {
                 let mut c = Client::connect(&addr)?;
                 let mut n = 0;
                 while start.elapsed() < d {
-                    let (code, _) = c.get("/healthz")?;
-                    anyhow::ensure!(code == 200, "GET /healthz answered {code}");
+                    let (code, _) = c.get(&path)?;
+                    anyhow::ensure!(code == 200, "GET {path} answered {code}");
                     n += 1;
                 }
                 Ok(n)
@@ -336,6 +403,7 @@ impl HostServed {
             state,
             http: Some(Listen::Tcp("127.0.0.1:0".parse()?)),
             status: None,
+            confine: false,
         };
         let mut child = Command::new(runtime)
             .args(spec.to_args())

@@ -57,6 +57,8 @@ pub enum Command {
     Deploy(commands::workload::DeployArgs),
     /// List your workloads on an appliance.
     Ps(commands::workload::PsArgs),
+    /// Print the appliance's Prometheus metrics (your workloads' and the agent's).
+    Metrics(commands::workload::PsArgs),
     /// Show (or follow) a workload's log: its stdout, stderr and the appliance's events.
     Logs(commands::workload::LogsArgs),
     /// Stop a workload (its state stays).
@@ -82,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seal(a) => commands::seal::seal_command(a),
         Command::Deploy(a) => commands::workload::deploy(a),
         Command::Ps(a) => commands::workload::ps(a),
+        Command::Metrics(a) => commands::workload::metrics(a),
         Command::Logs(a) => commands::workload::logs(a),
         Command::Stop(a) => commands::workload::stop(a),
         Command::Rm(a) => commands::workload::rm(a),

@@ -411,7 +411,10 @@ mod tests {
         // The required list may name options selected by others (TSM_REPORTS), but a
         // typo in either file should not pass unnoticed: every required option's name
         // must appear in the fragment or be a known selected symbol.
-        let selected = ["CONFIG_TSM_REPORTS"];
+        let selected = [
+            "CONFIG_TSM_REPORTS",
+            "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS",
+        ];
         for line in REQUIRED.lines().filter(|l| l.starts_with("CONFIG_")) {
             let name = line.split('=').next().unwrap();
             assert!(

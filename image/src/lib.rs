@@ -33,7 +33,7 @@ pub use manifest::{Artifact, FileEntry, FirmwareInfo, Manifest};
 pub const DEFAULT_INIT_CONFIG: &[u8] = include_bytes!("../files/init.json");
 /// The default kernel command line.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 quiet panic=-1 lsm=landlock,lockdown,yama,bpf lockdown=confidentiality ip=dhcp";
+    "console=ttyS0 quiet panic=-1 lsm=lockdown,bpf,landlock,yama lockdown=confidentiality ip=dhcp";
 /// Guest path of PID1.
 pub const GUEST_INIT: &str = "/init";
 /// Guest path of the agent.

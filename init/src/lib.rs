@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod enforcement;
 pub mod initdata;
 pub mod input;
 pub mod keys;
@@ -72,6 +73,9 @@ pub enum InitError {
     /// The state volume could not be opened.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// The enforcement baseline could not be installed.
+    #[error(transparent)]
+    Baseline(#[from] enforcement::BaselineError),
     /// The secrets could not be handed over.
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
@@ -118,6 +122,7 @@ fn boot() -> Result<&'static str, InitError> {
     info!(records = log.log().records.len(), register = ?log.log().register, "boot measured");
 
     let released = release_keys(&config, &log)?;
+    enforcement::install(&config, &mut log)?;
     let mut supervisor = supervise::Supervisor::new(&config)?.with_args(released.agent_args());
     let reason = supervisor.run();
     if released.state_open {

@@ -61,6 +61,9 @@ pub struct LaunchSpec {
     pub http: Option<Listen>,
     /// Send status events to the Unix socket at this path (default: stderr).
     pub status: Option<PathBuf>,
+    /// Confine the process (its cgroup, `no_new_privs`, Landlock) before compiling:
+    /// always set by the agent; off only for running the runtime on a developer host.
+    pub confine: bool,
 }
 
 /// A command line `cvm-wasm` does not accept.
@@ -96,6 +99,9 @@ impl LaunchSpec {
         if let Some(p) = &self.status {
             a.extend(["--status".to_owned(), p.display().to_string()]);
         }
+        if self.confine {
+            a.push("--confine".to_owned());
+        }
         a
     }
 
@@ -103,6 +109,7 @@ impl LaunchSpec {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, LaunchError> {
         let (mut name, mut wasm, mut policy, mut state, mut http, mut status) =
             (None, None, None, None, None, None);
+        let mut confine = false;
         let mut it = args.into_iter();
         while let Some(opt) = it.next() {
             let mut value = |flag: &'static str, what: &'static str| {
@@ -115,6 +122,7 @@ impl LaunchSpec {
                 "--state" => state = Some(PathBuf::from(value("--state", "a path")?)),
                 "--http" => http = Some(value("--http", "tcp:ADDR:PORT or unix:PATH")?.parse()?),
                 "--status" => status = Some(PathBuf::from(value("--status", "a socket path")?)),
+                "--confine" => confine = true,
                 _ => return Err(LaunchError::Unknown(opt)),
             }
         }
@@ -125,6 +133,7 @@ impl LaunchSpec {
             state: state.ok_or(LaunchError::Missing("--state"))?,
             http,
             status,
+            confine,
         })
     }
 }
@@ -151,6 +160,14 @@ pub enum StatusEvent {
         kind: WasmKind,
         /// Compile time, ms.
         ms: u64,
+    },
+    /// The process confined itself (before compiling): its cgroup and whether
+    /// Landlock is in force.
+    Confined {
+        /// The cgroup joined.
+        cgroup: String,
+        /// Landlock applied (enforce mode).
+        landlock: bool,
     },
     /// Serving `wasi:http` (http components) or started (commands).
     Ready {
@@ -195,11 +212,13 @@ mod tests {
             state: "/var/lib/cvm/workloads/hello".into(),
             http: Some(Listen::Unix("/run/cvm/w/hello/http.sock".into())),
             status: Some("/run/cvm/w/hello/status.sock".into()),
+            confine: true,
         };
         assert_eq!(LaunchSpec::parse(spec.to_args()).unwrap(), spec);
         let tcp = LaunchSpec {
             http: Some(Listen::Tcp("127.0.0.1:0".parse().unwrap())),
             status: None,
+            confine: false,
             ..spec
         };
         assert_eq!(LaunchSpec::parse(tcp.to_args()).unwrap(), tcp);

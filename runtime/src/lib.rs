@@ -10,5 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+#[cfg(feature = "confine")]
+pub mod confine;
+pub mod confinement;
 pub mod launch;
 pub mod policy;

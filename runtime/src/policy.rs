@@ -15,7 +15,11 @@
 //!   bind: []
 //! http: {port: 8080}         # serve wasi:http; the agent proxies to it
 //! limits: {memory_mib: 64, fuel: 1000000000, wall_ms: 0}
+//! require: {landlock_abi: 6} # refuse to start on a kernel older than this
 //! ```
+//!
+//! The process-level confinement (BPF LSM rules, Landlock, the cgroup) is derived from
+//! these fields, never stated twice: see [`crate::confinement`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -107,6 +111,15 @@ impl Default for Limits {
     }
 }
 
+/// What the kernel must offer for the workload to start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Require {
+    /// Lowest Landlock ABI; the appliance itself needs 6 (TCP ports and scopes).
+    #[serde(default)]
+    pub landlock_abi: u8,
+}
+
 /// The workload policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +145,13 @@ pub struct WorkloadPolicy {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Kernel features the confinement must have.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub require: Require,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// A policy that is not valid.

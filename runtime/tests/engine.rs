@@ -96,6 +96,7 @@ impl Workload {
             state: self.state(),
             http,
             status,
+            confine: false,
         }
     }
     fn command(&self, spec: &LaunchSpec) -> Command {

@@ -34,9 +34,10 @@ pub async fn deploy(w: &Arc<Workloads>, bundle: &[u8]) -> Response<Body> {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 DeployError::Measure(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                DeployError::NotAllowed(_) | DeployError::Content(_) | DeployError::Start(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                DeployError::NotAllowed(_)
+                | DeployError::Confinement(_)
+                | DeployError::Content(_)
+                | DeployError::Start(_) => StatusCode::UNPROCESSABLE_ENTITY,
             };
             error(status, e.kind(), e.to_string())
         }

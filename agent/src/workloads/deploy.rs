@@ -14,7 +14,9 @@ use std::time::Duration;
 use cvm_attest::EventKind;
 use cvm_proto::agent::{LogStream, WorkloadState, WorkloadStatus};
 use cvm_runtime::bundle::{self, BundleError, Manifest};
+use cvm_runtime::confinement::Confinement;
 use cvm_runtime::launch::{LaunchSpec, Listen};
+use sha2::Digest as _;
 use tracing::{info, warn};
 
 use super::{Entry, Workloads, now_ms, process, proxy};
@@ -50,9 +52,13 @@ pub enum DeployError {
         /// MemAvailable, MiB.
         available_mib: u64,
     },
-    /// The manifest could not be measured.
-    #[error("measure the manifest: {0}")]
+    /// The manifest or the confinement could not be measured.
+    #[error("measure the {0}")]
     Measure(String),
+    /// A layer of the workload's confinement could not be established (the reason
+    /// names the layer: bpf-lsm, landlock, cgroup).
+    #[error("confinement not established: {0}")]
+    Confinement(crate::enforce::LayerError),
     /// No broker configured (the appliance booted without init-data).
     #[error(
         "this appliance has no key broker (it booted without init-data), so no content key can be fetched"
@@ -88,6 +94,7 @@ impl DeployError {
             DeployError::Exists(_) => "Exists",
             DeployError::NoMemory { .. } => "InsufficientMemory",
             DeployError::Measure(_) => "MeasureFailed",
+            DeployError::Confinement(_) => "ConfinementUnavailable",
             DeployError::NoBroker => "NoBroker",
             DeployError::Key { .. } => "KeyRefused",
             DeployError::Content(BundleError::WasmHash { .. }) => "WasmHashMismatch",
@@ -140,8 +147,8 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
             measurements.measure(EventKind::WorkloadManifest, &subject, &signed)
         })
         .await
-        .map_err(|e| DeployError::Measure(e.to_string()))?
-        .map_err(DeployError::Measure)?;
+        .map_err(|e| DeployError::Measure(format!("manifest: {e}")))?
+        .map_err(|e| DeployError::Measure(format!("manifest: {e}")))?;
         measured = true;
         entry.logs.push(
             LogStream::Event,
@@ -151,6 +158,10 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
                 log.records.len() - 1
             ),
         );
+        // (3b) The confinement: every layer in place (or the deploy stops, naming the
+        // layer), then its digest measured, so the key is released to a workload
+        // whose confinement the evidence shows.
+        confine(w, &entry, &manifest).await?;
         // (4) The content key, with evidence that shows the manifest.
         let broker = w.ctx.broker.clone().ok_or(DeployError::NoBroker)?;
         let resource = manifest.key_resource.clone();
@@ -349,10 +360,7 @@ fn prepare(w: &Workloads, m: &Manifest, wasm: &[u8]) -> std::io::Result<LaunchSp
     f.write_all(wasm)?;
     let policy_path = run.join("policy.json");
     std::fs::write(&policy_path, serde_json::to_vec(&m.policy)?)?;
-    let files = match w.workload_state(&m.name) {
-        Some(dir) => dir.join("files"),
-        None => run.join("files"),
-    };
+    let files = w.files_dir(&m.name);
     std::fs::create_dir_all(&files)?;
     Ok(LaunchSpec {
         name: m.name.clone(),
@@ -365,5 +373,41 @@ fn prepare(w: &Workloads, m: &Manifest, wasm: &[u8]) -> std::io::Result<LaunchSp
             .as_ref()
             .map(|_| Listen::Unix(run.join("http.sock"))),
         status: Some(run.join("status.sock")),
+        confine: true,
     })
+}
+
+/// Establish the workload's confinement and measure it (step 3b).
+async fn confine(w: &Workloads, entry: &Arc<Entry>, m: &Manifest) -> Result<(), DeployError> {
+    let c = Confinement::derive(&m.name, &m.policy, &w.files_dir(&m.name));
+    let enforcer = w
+        .ctx
+        .enforcer
+        .as_ref()
+        .map_err(|e| DeployError::Confinement(e.clone()))?;
+    let scope = enforcer.establish(&c).map_err(DeployError::Confinement)?;
+    entry.set_scope(scope);
+    let document = c.document(&enforcer.baseline.sha256);
+    let digest = hex::encode(sha2::Sha256::digest(&document));
+    let mode = match c.mode {
+        cvm_runtime::policy::Mode::Enforce => "enforce",
+        cvm_runtime::policy::Mode::Audit => "audit",
+    };
+    let subject = format!("{} mode={mode} sha256:{digest}", m.name);
+    let measurements = w.ctx.measurements.clone();
+    let log = tokio::task::spawn_blocking(move || {
+        measurements.measure(EventKind::WorkloadConfinement, &subject, &document)
+    })
+    .await
+    .map_err(|e| DeployError::Measure(format!("confinement: {e}")))?
+    .map_err(|e| DeployError::Measure(format!("confinement: {e}")))?;
+    entry.logs.push(
+        LogStream::Event,
+        &format!(
+            "confinement sha256:{digest} ({mode}; baseline sha256:{}) measured (runtime log event {})",
+            enforcer.baseline.sha256,
+            log.records.len() - 1
+        ),
+    );
+    Ok(())
 }

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::broker::Broker;
+use crate::enforce::{Enforcer, LayerError, Scope};
 use crate::runtime_log::Measurements;
 pub use deploy::DeployError;
 use logs::LogBuffer;
@@ -52,6 +53,9 @@ pub struct Context {
     pub broker: Option<Broker>,
     /// The runtime event log.
     pub measurements: Arc<Measurements>,
+    /// The kernel enforcement, or why the baseline's maps could not be opened (then no
+    /// workload is deployed).
+    pub enforcer: Result<Arc<Enforcer>, LayerError>,
 }
 
 /// Mutable facts about one workload.
@@ -62,6 +66,8 @@ struct Record {
     kind: Option<WasmKind>,
     pid: Option<u32>,
     reached_running: bool,
+    /// The runtime of the current run reported its confinement.
+    confined: bool,
 }
 
 /// One workload.
@@ -76,6 +82,10 @@ pub struct Entry {
     stop: watch::Sender<bool>,
     proxy: Mutex<Option<JoinHandle<()>>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// Its kernel confinement (cgroup and BPF rules), released when it is discarded.
+    scope: Mutex<Option<Scope>>,
+    /// Kernel enforcement events by (hook, verdict).
+    kernel_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Entry {
@@ -89,11 +99,20 @@ impl Entry {
                 kind: None,
                 pid: None,
                 reached_running: false,
+                confined: false,
             }),
             logs: LogBuffer::default(),
             stop: watch::channel(false).0,
             proxy: Mutex::new(None),
             supervisor: Mutex::new(None),
+            scope: Mutex::new(None),
+            kernel_events: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn set_scope(&self, scope: Scope) {
+        if let Ok(mut s) = self.scope.lock() {
+            *s = Some(scope);
         }
     }
 
@@ -142,7 +161,10 @@ impl Entry {
     }
 
     fn set_pid(&self, pid: Option<u32>) {
-        self.with(|r| r.pid = pid);
+        self.with(|r| {
+            r.pid = pid;
+            r.confined = false;
+        });
     }
 
     fn stop_signal(&self) -> watch::Receiver<bool> {
@@ -159,6 +181,14 @@ impl Entry {
             StatusEvent::Compiled { kind, ms } => {
                 format!("compiled as {} in {ms} ms", kind_name(*kind))
             }
+            StatusEvent::Confined { cgroup, landlock } => format!(
+                "confined: cgroup {cgroup}, Landlock {}",
+                if *landlock {
+                    "enforced"
+                } else {
+                    "not applied (audit mode)"
+                }
+            ),
             StatusEvent::Ready { .. } => "ready".to_owned(),
             StatusEvent::Denied { what, detail } => format!("denied {what}: {detail}"),
             StatusEvent::RequestFailed { reason } => format!("request failed: {reason}"),
@@ -173,6 +203,19 @@ impl Entry {
                     r.status.kind = Some(kind_name(kind).to_owned());
                     r.status.compile_ms = Some(ms);
                 });
+            }
+            StatusEvent::Confined { .. } => {
+                self.with(|r| r.confined = true);
+            }
+            // The agent always asks for confinement: a runtime that reports ready
+            // without having confined itself is not let run.
+            StatusEvent::Ready { .. } if !self.with(|r| r.confined).unwrap_or(false) => {
+                self.on_event(StatusEvent::Failed {
+                    reason: "the runtime did not confine itself before starting".into(),
+                });
+                if let Some(pid) = self.with(|r| r.pid).flatten() {
+                    crate::sys::kill(pid);
+                }
             }
             StatusEvent::Ready { .. } => self.set_state(WorkloadState::Running),
             StatusEvent::Denied { .. } => {
@@ -303,6 +346,8 @@ pub enum WorkloadError {
 pub struct Workloads {
     ctx: Context,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Kernel enforcement events of processes outside any workload, by (hook, verdict).
+    baseline_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Workloads {
@@ -311,6 +356,7 @@ impl Workloads {
         Self {
             ctx,
             entries: Mutex::new(BTreeMap::new()),
+            baseline_events: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -366,16 +412,82 @@ impl Workloads {
 
     /// Forget `name` and delete its run folder (and its state when `state`).
     fn discard(&self, name: &str, state: bool) {
-        if let Ok(mut e) = self.entries.lock()
-            && let Some(entry) = e.remove(name)
+        let removed = self.entries.lock().ok().and_then(|mut e| e.remove(name));
+        if let Some(entry) = &removed
             && let Ok(mut p) = entry.proxy.lock()
             && let Some(p) = p.take()
         {
             p.abort();
         }
+        if let Some(entry) = &removed
+            && let Some(scope) = entry.scope.lock().ok().and_then(|mut s| s.take())
+            && let Ok(enforcer) = &self.ctx.enforcer
+        {
+            enforcer.release(scope);
+        }
         let _ = std::fs::remove_dir_all(self.ctx.run_dir.join(name));
         if state && let Some(dir) = self.workload_state(name) {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// One decision of the kernel's programs: into the workload's log (or the agent's,
+    /// for the baseline), counted for the metrics, and the first of each kind per
+    /// workload measured into the runtime log.
+    pub async fn on_kernel_event(&self, ev: crate::enforce::event::Event) {
+        let name = self
+            .ctx
+            .enforcer
+            .as_ref()
+            .ok()
+            .and_then(|e| e.workload_of(ev.cgroup));
+        let entry = name
+            .as_ref()
+            .and_then(|n| self.entries.lock().ok().and_then(|e| e.get(n).cloned()));
+        let key = (ev.hook.name(), ev.verdict());
+        let counts = match &entry {
+            Some(entry) => {
+                entry.logs.push(LogStream::Event, &ev.to_string());
+                &entry.kernel_events
+            }
+            None => {
+                warn!(cgroup = ev.cgroup, "{ev}");
+                &self.baseline_events
+            }
+        };
+        let first = counts
+            .lock()
+            .map(|mut c| {
+                let n = c.entry(key).or_insert(0);
+                *n += 1;
+                *n == 1
+            })
+            .unwrap_or(false);
+        if first {
+            let who = name.unwrap_or_else(|| "(baseline)".to_owned());
+            let subject = format!("{who} {} {}: {}", ev.verdict(), ev.hook.name(), ev.what());
+            let m = self.ctx.measurements.clone();
+            let measured = tokio::task::spawn_blocking(move || {
+                m.measure(
+                    cvm_attest::EventKind::EnforcementEvent,
+                    &subject,
+                    subject.as_bytes(),
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            if let Err(e) = measured {
+                warn!(error = %e, "could not measure an enforcement event");
+            }
+        }
+    }
+
+    /// The folder a workload's preopens are resolved beneath.
+    fn files_dir(&self, name: &str) -> PathBuf {
+        match self.workload_state(name) {
+            Some(dir) => dir.join("files"),
+            None => self.ctx.run_dir.join(name).join("files"),
         }
     }
 
@@ -439,6 +551,37 @@ impl Workloads {
             "counter",
             "Requests stopped by a trap or a limit.",
             per(&|w| Some(w.failed_requests.to_string())),
+        );
+        let mut kernel = Vec::new();
+        let mut add = |who: &str, counts: &Mutex<BTreeMap<(&'static str, &'static str), u64>>| {
+            if let Ok(c) = counts.lock() {
+                for ((hook, verdict), n) in c.iter() {
+                    kernel.push((
+                        format!("{{workload=\"{who}\",hook=\"{hook}\",verdict=\"{verdict}\"}}"),
+                        n.to_string(),
+                    ));
+                }
+            }
+        };
+        let entries: Vec<Arc<Entry>> = self
+            .entries
+            .lock()
+            .map(|e| e.values().cloned().collect())
+            .unwrap_or_default();
+        for e in entries
+            .iter()
+            .filter(|e| owner.is_none_or(|o| e.owner() == o))
+        {
+            add(&e.name, &e.kernel_events);
+        }
+        if owner.is_none() {
+            add("", &self.baseline_events);
+        }
+        metric(
+            "cvm_enforcement_events_total",
+            "counter",
+            "Decisions of the kernel's BPF LSM programs (workload \"\": the baseline), by hook and verdict.",
+            kernel,
         );
         metric(
             "cvm_agent_memory_bytes",

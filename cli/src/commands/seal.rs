@@ -181,6 +181,12 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
             hex::encode(owner.public().kid())
         );
         eprintln!("{}", serde_json::to_string_pretty(verified.manifest())?);
+        let m = verified.manifest();
+        let files = std::path::Path::new(cvm_runtime::confinement::STATE_WORKLOADS)
+            .join(&m.name)
+            .join("files");
+        let c = cvm_runtime::confinement::Confinement::derive(&m.name, &m.policy, &files);
+        eprint!("{}", c.explain());
     }
     if let Some(path) = &args.key_out {
         write_new_private(path, &key)?;

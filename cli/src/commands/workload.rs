@@ -227,6 +227,15 @@ pub fn ps(args: PsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cvm metrics`: the Prometheus text of the caller's workloads and the agent.
+pub fn metrics(args: PsArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let agent = t.agent()?;
+    let body = call(t, &agent, "GET", "/v1/metrics")?;
+    print!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
 fn print_line(l: &LogLine, json: bool) {
     if json {
         if let Ok(s) = serde_json::to_string(l) {

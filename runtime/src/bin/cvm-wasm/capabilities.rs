@@ -286,6 +286,7 @@ mod tests {
             state,
             http: None,
             status: None,
+            confine: false,
         };
         let policy =
             WorkloadPolicy::from_yaml("preopens: [{dir: data, guest: /data, access: ro}]").unwrap();

@@ -21,6 +21,7 @@ mod status;
 
 use std::process::ExitCode;
 
+use cvm_runtime::confinement::Confinement;
 use cvm_runtime::launch::{LaunchSpec, StatusEvent};
 use cvm_runtime::policy::WorkloadPolicy;
 
@@ -60,26 +61,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// Read the inputs, compile, then serve or run. Returns a command's exit code.
+/// Read the inputs, bind, confine, compile, then serve or run. Returns a command's
+/// exit code.
 async fn start(spec: &LaunchSpec, status: &Status) -> wasmtime::Result<i32> {
     let policy_text = std::fs::read_to_string(&spec.policy)
         .map_err(|e| wasmtime::format_err!("read the policy {}: {e}", spec.policy.display()))?;
     let policy = WorkloadPolicy::from_yaml(&policy_text)?;
     let wasm = std::fs::read(&spec.wasm)
         .map_err(|e| wasmtime::format_err!("read the Wasm {}: {e}", spec.wasm.display()))?;
+    let bound = match &spec.http {
+        Some(listen) if policy.http.is_some() => Some(serve::bind(listen).await?),
+        _ => None,
+    };
+    let caps = capabilities::Capabilities::new(spec, &policy, status.clone())?;
+    if spec.confine {
+        // Before the Wasm is compiled: a compiler bug a crafted module triggers is
+        // contained by the kernel too.
+        let c = Confinement::derive(&spec.name, &policy, &spec.state);
+        let done = cvm_runtime::confine::apply(&c)
+            .map_err(|e| wasmtime::format_err!("confinement {e}"))?;
+        status.send(&StatusEvent::Confined {
+            cgroup: done.cgroup,
+            landlock: done.landlock,
+        });
+    }
     let engine = engine::Engine::new(&policy)?;
     let program = engine.compile(&wasm, &policy, status)?;
     drop(wasm);
     release_free_memory();
-    let caps = capabilities::Capabilities::new(spec, &policy, status.clone())?;
     match program {
         engine::Program::Http(pre) => {
-            let listen = spec.http.as_ref().ok_or_else(|| {
+            let bound = bound.ok_or_else(|| {
                 wasmtime::format_err!(
                     "the policy has `http` but cvm-wasm was started without --http"
                 )
             })?;
-            serve::serve(engine, pre, caps, listen, status).await?;
+            serve::serve(engine, pre, caps, bound, status).await?;
             Ok(0)
         }
         engine::Program::Command(pre) => {

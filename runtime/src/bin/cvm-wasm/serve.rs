@@ -32,12 +32,38 @@ struct Server {
     slots: Semaphore,
 }
 
+/// A bound listener: bound before the process confines itself, so the confinement
+/// need not grant the socket's folder or port to the workload.
+pub enum Bound {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix socket.
+    Unix(UnixListener, String),
+}
+
+/// Bind where the agent said to serve.
+pub async fn bind(listen: &Listen) -> wasmtime::Result<Bound> {
+    match listen {
+        Listen::Tcp(addr) => {
+            Ok(Bound::Tcp(TcpListener::bind(addr).await.map_err(|e| {
+                wasmtime::format_err!("listen on {addr}: {e}")
+            })?))
+        }
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path)
+                .map_err(|e| wasmtime::format_err!("listen on {}: {e}", path.display()))?;
+            Ok(Bound::Unix(l, listen.to_string()))
+        }
+    }
+}
+
 /// Serve until the process is stopped.
 pub async fn serve(
     engine: Engine,
     pre: ProxyPre<ComponentCtx>,
     caps: Capabilities,
-    listen: &Listen,
+    bound: Bound,
     status: &Status,
 ) -> wasmtime::Result<()> {
     let server = Arc::new(Server {
@@ -47,11 +73,8 @@ pub async fn serve(
         status: status.clone(),
         slots: Semaphore::new(MAX_CONCURRENT as usize),
     });
-    match listen {
-        Listen::Tcp(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| wasmtime::format_err!("listen on {addr}: {e}"))?;
+    match bound {
+        Bound::Tcp(l) => {
             status.send(&StatusEvent::Ready {
                 listen: Some(format!("tcp:{}", l.local_addr()?)),
             });
@@ -61,13 +84,8 @@ pub async fn serve(
                 connection(server.clone(), stream);
             }
         }
-        Listen::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path)
-                .map_err(|e| wasmtime::format_err!("listen on {}: {e}", path.display()))?;
-            status.send(&StatusEvent::Ready {
-                listen: Some(listen.to_string()),
-            });
+        Bound::Unix(l, name) => {
+            status.send(&StatusEvent::Ready { listen: Some(name) });
             loop {
                 let (stream, _) = l.accept().await?;
                 connection(server.clone(), stream);
