@@ -3,7 +3,8 @@
 //! Trust-chain place: measured by the firmware as part of the initramfs (PCR 9, SNP
 //! launch digest, TDX RTMR2); the first user-space code, in the TCB. It measures itself,
 //! its configuration, the `cvm.*` kernel parameters and the agent binary into the
-//! runtime event log and PCR 15, then starts and supervises the agent.
+//! runtime event log and PCR 15, installs and measures the kernel enforcement baseline,
+//! releases keys, then starts and supervises the agent.
 //!
 //! Inputs: `/etc/cvm/init.json` and the kernel command line. Outputs: the event log at
 //! `/run/cvm/eventlog.json`, status lines on the console, and in the end a power-off.
@@ -121,8 +122,9 @@ fn boot() -> Result<&'static str, InitError> {
     measure::measure_boot(&mut log, &config, CONFIG_PATH, &config_bytes)?;
     info!(records = log.log().records.len(), register = ?log.log().register, "boot measured");
 
-    let released = release_keys(&config, &log)?;
+    // Before the key release, so the broker's evidence shows the baseline.
     enforcement::install(&config, &mut log)?;
+    let released = release_keys(&config, &log)?;
     let mut supervisor = supervise::Supervisor::new(&config)?.with_args(released.agent_args());
     let reason = supervisor.run();
     if released.state_open {

@@ -17,7 +17,6 @@ use aya::maps::{Array, HashMap};
 use aya::programs::Lsm;
 use aya::programs::links::FdLink;
 use aya::{Btf, EbpfLoader};
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::maps::{
@@ -25,18 +24,7 @@ use super::maps::{
     PROGRAMS, WORKLOADS_CGROUP, file_key, kernel_dev, link_pin, map_pin,
 };
 use super::{BPF_OBJECT, cgroup_id};
-
-/// Paths nobody but PID1 may open.
-pub const FILE_DENY_PREFIXES: [&str; 5] = [
-    "/proc/kcore",
-    "/dev/mem",
-    "/dev/kmem",
-    "/dev/port",
-    "/sys/fs/bpf/",
-];
-
-/// Folders whose executables form the exec allowlist (the initramfs's binaries).
-const EXEC_ROOTS: [&str; 5] = ["/init", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec"];
+use cvm_runtime::confinement::baseline::{EXEC_ROOTS, FILE_DENY as DENIED_PATHS};
 
 /// The baseline could not be installed; the appliance must not go on.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +41,7 @@ fn fail(layer: &'static str) -> impl Fn(String) -> BaselineError {
 }
 
 /// What was installed: its digest is measured by PID1.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct BaselineReport {
     /// SHA-256 of the canonical baseline document (hex).
     pub sha256: String,
@@ -64,21 +52,6 @@ pub struct BaselineReport {
     /// The canonical document itself (what PID1 measures: the record's digest is
     /// `sha256`).
     pub document: String,
-}
-
-/// The canonical baseline document: the programs (by the object's hash), the hooks,
-/// and every rule.
-#[derive(Serialize)]
-struct Document<'a> {
-    version: u32,
-    object_sha256: String,
-    hooks: &'a [&'a str],
-    file_deny: &'a [&'a str],
-    exec_allow: &'a [String],
-    ptrace: &'a str,
-    bpf: &'a str,
-    mount: &'a str,
-    modules: &'a str,
 }
 
 /// Install the baseline (see the module documentation).
@@ -129,7 +102,7 @@ pub fn install() -> Result<BaselineReport, BaselineError> {
                 .ok_or_else(|| fail("bpf-lsm")("no map file_rules".into()))?,
         )
         .map_err(|e| lsm(&e))?;
-        for p in FILE_DENY_PREFIXES {
+        for p in DENIED_PATHS {
             let (bits, data) =
                 file_key(0, p).ok_or_else(|| fail("bpf-lsm")(format!("rule {p} too long")))?;
             files
@@ -171,18 +144,7 @@ pub fn install() -> Result<BaselineReport, BaselineError> {
     }
 
     let exec_allow: Vec<String> = executables.into_iter().map(|(p, _)| p).collect();
-    let doc = Document {
-        version: 1,
-        object_sha256: hex::encode(Sha256::digest(BPF_OBJECT)),
-        hooks: &PROGRAMS,
-        file_deny: &FILE_DENY_PREFIXES,
-        exec_allow: &exec_allow,
-        ptrace: "no attach to PID1, the agent or a workload",
-        bpf: "PID1 and the agent's cgroup only",
-        mount: "PID1 only",
-        modules: "deny",
-    };
-    let doc = serde_json::to_string(&doc).map_err(|e| fail("pin")(e.to_string()))?;
+    let doc = cvm_runtime::confinement::baseline::document(&exec_allow);
     let report = BaselineReport {
         sha256: hex::encode(Sha256::digest(doc.as_bytes())),
         hooks: PROGRAMS.iter().map(|s| (*s).to_owned()).collect(),
@@ -195,7 +157,8 @@ pub fn install() -> Result<BaselineReport, BaselineError> {
     Ok(report)
 }
 
-/// Every executable regular file beneath [`EXEC_ROOTS`], sorted by path.
+/// Every regular file beneath [`EXEC_ROOTS`], sorted by path (what `cvm measure`
+/// predicts from the initramfs).
 fn executables() -> Result<Vec<(String, ExecKey)>, String> {
     let mut out = Vec::new();
     let mut stack: Vec<std::path::PathBuf> = EXEC_ROOTS.iter().map(Into::into).collect();
@@ -210,7 +173,7 @@ fn executables() -> Result<Vec<(String, ExecKey)>, String> {
             for e in entries {
                 stack.push(e.map_err(|e| format!("{}: {e}", p.display()))?.path());
             }
-        } else if meta.is_file() && meta.mode() & 0o111 != 0 {
+        } else if meta.is_file() {
             out.push((
                 p.display().to_string(),
                 ExecKey {

@@ -24,19 +24,7 @@ pub const MAPS: [&str; 6] = [
 
 /// The programs (named after their hooks), in attach order: `bpf` last, so the loader
 /// is not locked out of its own remaining steps.
-pub const PROGRAMS: [&str; 11] = [
-    "file_open",
-    "bprm_check_security",
-    "socket_connect",
-    "socket_bind",
-    "ptrace_access_check",
-    "task_kill",
-    "kernel_module_request",
-    "kernel_read_file",
-    "kernel_load_data",
-    "sb_mount",
-    "bpf",
-];
+pub const PROGRAMS: [&str; 11] = cvm_runtime::confinement::baseline::HOOKS;
 
 /// Pin path of a map.
 pub fn map_pin(name: &str) -> String {

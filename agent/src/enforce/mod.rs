@@ -37,6 +37,24 @@ pub fn cgroup_id(dir: &Path) -> Result<u64, String> {
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
+/// Kill every process in the cgroup at `dir` (`cgroup.kill`) and wait, briefly, until
+/// it is empty.
+pub fn kill_cgroup(dir: &str) {
+    let dir = Path::new(dir);
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        return;
+    }
+    for _ in 0..50 {
+        let empty = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|p| p.trim().is_empty())
+            .unwrap_or(true);
+        if empty {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A confinement layer that could not be established.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{layer}: {reason}")]
@@ -137,16 +155,7 @@ impl Enforcer {
                 continue;
             }
             let Ok(id) = cgroup_id(&path) else { continue };
-            let _ = std::fs::write(path.join("cgroup.kill"), "1");
-            for _ in 0..50 {
-                let empty = std::fs::read_to_string(path.join("cgroup.procs"))
-                    .map(|p| p.trim().is_empty())
-                    .unwrap_or(true);
-                if empty {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+            kill_cgroup(&path.display().to_string());
             let scope = Scope {
                 name: d.file_name().to_string_lossy().into_owned(),
                 cgroup: path.display().to_string(),
@@ -269,8 +278,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Remove the workload's rules and its cgroup (once its processes are gone).
+    /// Remove the workload's rules and its cgroup, killing what is left in it.
     pub fn release(&self, scope: Scope) {
+        kill_cgroup(&scope.cgroup);
         if let Ok(mut w) = self.workloads.lock() {
             let _ = w.remove(&scope.cgroup_id);
         }

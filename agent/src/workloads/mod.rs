@@ -110,6 +110,15 @@ impl Entry {
         }
     }
 
+    /// Kill every process left in the workload's cgroup.
+    fn kill_cgroup(&self) {
+        if let Ok(s) = self.scope.lock()
+            && let Some(scope) = s.as_ref()
+        {
+            crate::enforce::kill_cgroup(&scope.cgroup);
+        }
+    }
+
     fn set_scope(&self, scope: Scope) {
         if let Ok(mut s) = self.scope.lock() {
             *s = Some(scope);

@@ -160,6 +160,10 @@ async fn run_once(entry: &Arc<Entry>, runtime: &Path, spec: &LaunchSpec) -> Ende
     // The runtime's last events (exited/failed) are sent before it exits; let the
     // reader drain them before the outcome is decided.
     let _ = tokio::time::timeout(Duration::from_secs(2), events).await;
+    // Whatever the runtime left in its cgroup (a taken-over runtime may have forked)
+    // ends with it: nothing of a workload outlives its supervised process.
+    let e = entry.clone();
+    let _ = tokio::task::spawn_blocking(move || e.kill_cgroup()).await;
     entry.set_pid(None);
     ended
 }

@@ -1,7 +1,8 @@
 //! PID1's boot-time runtime measurements, computed offline from the image: the same
-//! four events `cvm-init` extends into the runtime PCR (15), from the same bytes it
-//! reads: `/init`, `/etc/cvm/init.json`, the `cvm.*` kernel parameters and the agent
-//! binary the configuration names.
+//! five events `cvm-init` extends into the runtime PCR (15), from the same bytes it
+//! reads: `/init`, `/etc/cvm/init.json`, the `cvm.*` kernel parameters, the agent
+//! binary the configuration names, and the enforcement baseline (whose exec allowlist
+//! is the initramfs's binaries).
 
 use std::collections::BTreeMap;
 
@@ -34,7 +35,7 @@ pub fn kernel_params(cmdline: &str) -> String {
         .join(" ")
 }
 
-/// PID1's four boot events for an initramfs (its regular files by path) and a command
+/// PID1's five boot events for an initramfs (its regular files by path) and a command
 /// line, in the order PID1 takes them.
 pub fn boot_events(
     files: &BTreeMap<String, Vec<u8>>,
@@ -67,7 +68,21 @@ pub fn boot_events(
         event(format!("InitConfig {CONFIG_PATH}"), config),
         event(format!("KernelParams {params:?}"), params.as_bytes()),
         event(format!("AgentBinary {agent_path}"), agent),
+        event(
+            "EnforcementBaseline".into(),
+            baseline_document(files).as_bytes(),
+        ),
     ])
+}
+
+/// The baseline document `cvm-agent baseline` reports for this initramfs.
+pub fn baseline_document(files: &BTreeMap<String, Vec<u8>>) -> String {
+    let exec: Vec<String> = files
+        .keys()
+        .filter(|p| cvm_runtime::confinement::baseline::is_exec_path(p))
+        .cloned()
+        .collect();
+    cvm_runtime::confinement::baseline::document(&exec)
 }
 
 #[cfg(test)]
@@ -91,8 +106,15 @@ mod tests {
         );
         let plain = boot_events(&files(), "quiet").unwrap();
         let overridden = boot_events(&files(), "quiet cvm.agent=/b").unwrap();
-        assert_eq!(plain.len(), 4);
+        assert_eq!(plain.len(), 5);
         assert_ne!(plain[3].sha256, overridden[3].sha256);
+        // The baseline's allowlist is /init alone here (no /usr/bin in this archive).
+        assert_eq!(
+            plain[4].sha256,
+            hex::encode(Sha256::digest(
+                cvm_runtime::confinement::baseline::document(&["/init".into()])
+            ))
+        );
         assert_eq!(plain[2].sha256, hex::encode(Sha256::digest(b"")));
     }
 

@@ -9,7 +9,7 @@
 //! where phase is `control` before the `confine` action and `confined` after it.
 //! Actions: `pid`, `confine`, `sleep:S`, `open-read:P`, `open-write:P`, `exec:P`,
 //! `exec-dropped:DIR`, `open-bench:P:N`, `connect:A`, `bind:A`, `ptrace-parent`, `ptrace-child`,
-//! `kill:PID[:SIG]`, `kill-parent[:SIG]`, `kill-child`, `mount:DIR`, `bpf`, `module`,
+//! `kill:PID[:SIG]`, `kill-parent[:SIG]`, `kill-child`, `fork-orphan`, `mount:DIR`, `bpf`, `module`,
 //! `cgroup-escape`.
 //!
 //! Never part of a product image: its image's measurements differ from the real one's.
@@ -197,6 +197,12 @@ fn attempt(action: &str, child: &mut Option<libc::pid_t>) -> std::io::Result<()>
             let pid = std::os::unix::process::parent_id() as libc::pid_t;
             // SAFETY: kill(2) takes plain integers.
             check(unsafe { libc::kill(pid, signal(arg)) }.into())
+        }
+        "fork-orphan" => {
+            // A child left behind on purpose: it must not outlive this workload.
+            let pid = fork_sleeper(&mut None)?;
+            println!("CHILD {pid}");
+            Ok(())
         }
         "kill-child" => {
             let pid = fork_sleeper(child)?;

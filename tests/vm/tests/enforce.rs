@@ -298,9 +298,25 @@ fn every_hook_denies_in_enforce_audits_in_audit_and_spares_the_unconfined() {
         "{metrics}"
     );
 
+    // Nothing of a workload outlives it: a child it left behind is killed with it.
+    ok(&deploy(
+        &t,
+        &sealed(
+            "leaver",
+            &policy("enforce", &s(&["confine", "fork-orphan"])),
+        ),
+        false,
+    ));
+    let log = finished_log(&t, &owner, "leaver");
+    let orphan = log
+        .lines()
+        .find_map(|l| l.split("CHILD ").nth(1).map(|p| p.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no CHILD line in {log}"));
+
     // Audit mode: the same actions succeed and are reported.
     let a = files("aud");
-    let mut args = s(&["confine"]);
+    let kill_orphan = format!("kill:{orphan}");
+    let mut args = s(&["confine", kill_orphan.as_str()]);
     args.extend([
         "open-read:/usr/bin/cvm-agent".to_owned(),
         "exec:/usr/bin/cvm-agent".into(),
@@ -325,6 +341,8 @@ fn every_hook_denies_in_enforce_audits_in_audit_and_spares_the_unconfined() {
             ("kill-parent", "ok"),
             (&format!("mount:{a}/data"), "ok"),
             ("bpf", "ok"),
+            // The orphan is gone (a kill would be allowed here, in audit mode).
+            (&format!("kill:{orphan}"), "ESRCH"),
         ],
     );
     assert!(log.contains("Landlock not applied (audit mode)"), "{log}");
