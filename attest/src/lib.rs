@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod baseline;
 pub mod binding;
 pub mod digest;
 pub mod eventlog;

@@ -24,7 +24,7 @@ use super::maps::{
     PROGRAMS, WORKLOADS_CGROUP, file_key, kernel_dev, link_pin, map_pin,
 };
 use super::{BPF_OBJECT, cgroup_id};
-use cvm_runtime::confinement::baseline::{EXEC_ROOTS, FILE_DENY as DENIED_PATHS};
+use cvm_attest::baseline::{EXEC_ROOTS, FILE_DENY as DENIED_PATHS};
 
 /// The baseline could not be installed; the appliance must not go on.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,7 @@ pub fn install() -> Result<BaselineReport, BaselineError> {
     }
 
     let exec_allow: Vec<String> = executables.into_iter().map(|(p, _)| p).collect();
-    let doc = cvm_runtime::confinement::baseline::document(&exec_allow);
+    let doc = cvm_attest::baseline::document(&exec_allow);
     let report = BaselineReport {
         sha256: hex::encode(Sha256::digest(doc.as_bytes())),
         hooks: PROGRAMS.iter().map(|s| (*s).to_owned()).collect(),

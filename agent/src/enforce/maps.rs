@@ -24,7 +24,7 @@ pub const MAPS: [&str; 6] = [
 
 /// The programs (named after their hooks), in attach order: `bpf` last, so the loader
 /// is not locked out of its own remaining steps.
-pub const PROGRAMS: [&str; 11] = cvm_runtime::confinement::baseline::HOOKS;
+pub const PROGRAMS: [&str; 11] = cvm_attest::baseline::HOOKS;
 
 /// Pin path of a map.
 pub fn map_pin(name: &str) -> String {

@@ -79,10 +79,10 @@ pub fn boot_events(
 pub fn baseline_document(files: &BTreeMap<String, Vec<u8>>) -> String {
     let exec: Vec<String> = files
         .keys()
-        .filter(|p| cvm_runtime::confinement::baseline::is_exec_path(p))
+        .filter(|p| cvm_attest::baseline::is_exec_path(p))
         .cloned()
         .collect();
-    cvm_runtime::confinement::baseline::document(&exec)
+    cvm_attest::baseline::document(&exec)
 }
 
 #[cfg(test)]
@@ -111,9 +111,9 @@ mod tests {
         // The baseline's allowlist is /init alone here (no /usr/bin in this archive).
         assert_eq!(
             plain[4].sha256,
-            hex::encode(Sha256::digest(
-                cvm_runtime::confinement::baseline::document(&["/init".into()])
-            ))
+            hex::encode(Sha256::digest(cvm_attest::baseline::document(&[
+                "/init".into()
+            ])))
         );
         assert_eq!(plain[2].sha256, hex::encode(Sha256::digest(b"")));
     }
