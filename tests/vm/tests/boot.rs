@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use cvm_vm_tests::{Guest, cvm, enabled, guest_bin, image, json_ok, repo_root};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256, Sha384};
 use std::fs;
 
@@ -48,14 +49,33 @@ fn boots_measures_serves_and_powers_off() {
             "init-binary",
             "init-config",
             "kernel-params",
-            "agent-binary"
+            "agent-binary",
+            "enforcement-baseline"
         ]
     );
+    // The baseline's record is its document's digest, which its subject names.
+    let baseline = &records[4];
+    let subject = baseline["content"]["subject"].as_str().unwrap();
+    let named = subject
+        .strip_prefix("sha256:")
+        .and_then(|s| s.split(' ').next())
+        .unwrap();
+    let sha256 = baseline["digests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["hashAlg"] == "sha256")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap();
+    assert_eq!(named, sha256, "{subject}");
+    assert!(subject.contains("hooks=file_open,"), "{subject}");
     let expected = [
         fs::read(guest_bin("cvm-init")).unwrap(),
         fs::read(repo_root().join("image/files/init.json")).unwrap(),
         Vec::new(), // no cvm.* parameters on this boot
         fs::read(guest_bin("cvm-agent")).unwrap(),
+        baseline_document(),
     ];
     for (record, data) in records.iter().zip(&expected) {
         assert_eq!(record["pcr"], 15);
@@ -162,4 +182,22 @@ fn missing_tpm_when_required_powers_off() {
         return;
     }
     expect_fatal(&["--no-tpm"], "TPM required");
+}
+
+/// The enforcement baseline's document for the test image, from the image manifest's
+/// file list: its exec allowlist is every file beneath /init, /usr/bin and /usr/sbin.
+fn baseline_document() -> Vec<u8> {
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(image().join("manifest.json")).unwrap()).unwrap();
+    let exec: Vec<String> = manifest["initramfs_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .filter(|p| p == "/init" || p.starts_with("/usr/bin/") || p.starts_with("/usr/sbin/"))
+        .collect();
+    let doc = cvm_attest::baseline::document(&exec);
+    // The allowlist is what PID1 and the agent need, and nothing writable.
+    assert!(doc.contains("\"/usr/bin/cvm-agent\""), "{doc}");
+    doc.into_bytes()
 }
