@@ -218,6 +218,13 @@ static __always_inline int decide(__u64 cg, struct workload *w, __u32 hook, __u6
 	return verdict;
 }
 
+/* A hook nobody passes: the actor's workload mode decides, else the baseline. */
+static __always_inline int refuse_everyone(__u32 hook, __u64 arg0)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	return decide(cg, bpf_map_lookup_elem(&workloads, &cg), hook, arg0, 0, 0);
+}
+
 SEC("lsm/file_open")
 int file_open(unsigned long long *ctx)
 {
@@ -368,8 +375,7 @@ int kernel_module_request(unsigned long long *ctx)
 	int prev = (int)ctx[1];
 	if (prev)
 		return prev;
-	__u64 cg = bpf_get_current_cgroup_id();
-	return decide(cg, bpf_map_lookup_elem(&workloads, &cg), HOOK_MODULE_REQUEST, 0, 0, 0);
+	return refuse_everyone(HOOK_MODULE_REQUEST, 0);
 }
 
 SEC("lsm/kernel_read_file")
@@ -379,8 +385,7 @@ int kernel_read_file(unsigned long long *ctx)
 	int prev = (int)ctx[3];
 	if (prev)
 		return prev;
-	__u64 cg = bpf_get_current_cgroup_id();
-	return decide(cg, bpf_map_lookup_elem(&workloads, &cg), HOOK_READ_FILE, id, 0, 0);
+	return refuse_everyone(HOOK_READ_FILE, id);
 }
 
 SEC("lsm/kernel_load_data")
@@ -390,8 +395,7 @@ int kernel_load_data(unsigned long long *ctx)
 	int prev = (int)ctx[2];
 	if (prev)
 		return prev;
-	__u64 cg = bpf_get_current_cgroup_id();
-	return decide(cg, bpf_map_lookup_elem(&workloads, &cg), HOOK_LOAD_DATA, id, 0, 0);
+	return refuse_everyone(HOOK_LOAD_DATA, id);
 }
 
 /* Only PID1 and the agent (its cgroup) use bpf(): the enforcer protects itself. */
@@ -418,6 +422,5 @@ int sb_mount(unsigned long long *ctx)
 		return prev;
 	if (is_pid1())
 		return 0;
-	__u64 cg = bpf_get_current_cgroup_id();
-	return decide(cg, bpf_map_lookup_elem(&workloads, &cg), HOOK_MOUNT, flags, 0, 0);
+	return refuse_everyone(HOOK_MOUNT, flags);
 }

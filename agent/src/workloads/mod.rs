@@ -300,20 +300,23 @@ pub(crate) async fn record_outcome(measurements: &Arc<Measurements>, name: &str,
         }
         subject.truncate(end);
     }
-    let m = measurements.clone();
-    let measured = tokio::task::spawn_blocking(move || {
-        m.measure(
-            cvm_attest::EventKind::WorkloadOutcome,
-            &subject,
-            subject.as_bytes(),
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    if let Err(e) = measured {
+    let kind = cvm_attest::EventKind::WorkloadOutcome;
+    if let Err(e) = measure_text(measurements, kind, subject).await {
         warn!(workload = %name, error = %e, "could not measure the workload's outcome");
     }
+}
+
+/// Measure `subject` as its own content (off the async thread: a TPM extend blocks).
+async fn measure_text(
+    measurements: &Arc<Measurements>,
+    kind: cvm_attest::EventKind,
+    subject: String,
+) -> Result<(), String> {
+    let m = measurements.clone();
+    tokio::task::spawn_blocking(move || m.measure(kind, &subject, subject.as_bytes()).map(drop))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
 }
 
 /// The kernel's estimate of memory available for new work (`MemAvailable`), bytes.
@@ -475,18 +478,8 @@ impl Workloads {
         if first {
             let who = name.unwrap_or_else(|| "(baseline)".to_owned());
             let subject = format!("{who} {} {}: {}", ev.verdict(), ev.hook.name(), ev.what());
-            let m = self.ctx.measurements.clone();
-            let measured = tokio::task::spawn_blocking(move || {
-                m.measure(
-                    cvm_attest::EventKind::EnforcementEvent,
-                    &subject,
-                    subject.as_bytes(),
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            if let Err(e) = measured {
+            let kind = cvm_attest::EventKind::EnforcementEvent;
+            if let Err(e) = measure_text(&self.ctx.measurements, kind, subject).await {
                 warn!(error = %e, "could not measure an enforcement event");
             }
         }

@@ -60,10 +60,7 @@ fn main() -> ExitCode {
     for action in &policy.args {
         if action == "confine" {
             // A child forked before would stay outside the workload's cgroup.
-            if let Some(pid) = child.take() {
-                // SAFETY: kill(2) on our own child; plain integers.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            kill_child(&mut child);
             let c = Confinement::derive(&spec.name, &policy, &spec.state);
             match cvm_runtime::confine::apply(&c) {
                 Ok(done) => {
@@ -87,10 +84,7 @@ fn main() -> ExitCode {
         let result = attempt(action, &mut child);
         println!("ATTEMPT {phase} {action} -> {}", describe(result));
     }
-    if let Some(pid) = child {
-        // SAFETY: kill(2) on our own child; plain integers.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    kill_child(&mut child);
     send(&StatusEvent::Exited { code: 0 });
     ExitCode::SUCCESS
 }
@@ -264,13 +258,18 @@ fn attempt(action: &str, child: &mut Option<libc::pid_t>) -> std::io::Result<()>
     }
 }
 
-/// A new child that only sleeps (the previous one is killed: a child forked before
-/// `confine` stays outside the workload's cgroup).
-fn fork_sleeper(child: &mut Option<libc::pid_t>) -> std::io::Result<libc::pid_t> {
+/// SIGKILL the current child, if any.
+fn kill_child(child: &mut Option<libc::pid_t>) {
     if let Some(pid) = child.take() {
         // SAFETY: kill(2) on our own child; plain integers.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// A new child that only sleeps (the previous one is killed: a child forked before
+/// `confine` stays outside the workload's cgroup).
+fn fork_sleeper(child: &mut Option<libc::pid_t>) -> std::io::Result<libc::pid_t> {
+    kill_child(child);
     // SAFETY: this process is single-threaded; the child only calls async-signal-safe
     // functions (pause, _exit).
     let pid = unsafe { libc::fork() };

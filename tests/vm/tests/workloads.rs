@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use cvm_vm_tests::workload::{
-    Target, agent_cmd, deploy, fails, free_port, http, keygen, ok, ps, seal, wasm,
+    Target, agent_cmd, deploy, fails, free_port, http, keygen, ok, prepare, ps, seal, wasm,
 };
 use cvm_vm_tests::{Broker, Guest, agent_get, cvm, enabled, image, json_ok};
 use serde_json::Value;
@@ -80,37 +80,8 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     let tampered = d.join("tampered.bundle");
     std::fs::write(&tampered, &bytes).unwrap();
 
-    let init = d.join("initdata.toml");
-    ok(&cvm(&[
-        "initdata",
-        "--broker",
-        &broker.guest_url(),
-        "--broker-ca",
-        broker.ca.to_str().unwrap(),
-        "--owner",
-        owner.public.to_str().unwrap(),
-        "--out",
-        init.to_str().unwrap(),
-    ]));
-    let reference = json_ok(&cvm(&[
-        "measure",
-        "--platform",
-        "qemu",
-        "--image",
-        image().to_str().unwrap(),
-        "--initdata",
-        init.to_str().unwrap(),
-        "--json",
-    ]));
-    std::fs::write(d.join("ref.json"), reference.to_string()).unwrap();
-    ok(&broker.admin(&[
-        "reference",
-        "import",
-        d.join("ref.json").to_str().unwrap(),
-        "--name",
-        "this-image",
-    ]));
-    ok(&broker.admin(&["resource", "put", "cvm/state/key", "--random", "32"]));
+    let (init, ref_file) = prepare(d, &broker, &owner, image());
+    let reference: Value = serde_json::from_slice(&std::fs::read(&ref_file).unwrap()).unwrap();
 
     let port = free_port();
     let forward = format!("{port}:8081");
@@ -125,7 +96,7 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     ]);
     let t = Target {
         agent: guest.agent.clone(),
-        reference: d.join("ref.json"),
+        reference: ref_file,
     };
     let agent = guest.agent.clone();
 
