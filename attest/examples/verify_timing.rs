@@ -24,7 +24,11 @@ fn median_us(runs: usize, mut f: impl FnMut()) -> u128 {
 }
 
 fn main() {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    // The fixtures folder is given at run time: a binary cargo reused from a build of
+    // another checkout would otherwise look in that checkout.
+    let data = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data").to_owned());
     let read = |p: &str| std::fs::read(format!("{data}/{p}")).unwrap();
 
     let tpm: serde_json::Value = serde_json::from_slice(&read("tpm/evidence.json")).unwrap();
