@@ -27,8 +27,11 @@ pub struct Cli {
 /// `cvm` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build the guest image: kernel (cached), deterministic initramfs, manifest.
+    /// Build the guest image: kernel (cached), deterministic initramfs, UKI, GPT disk,
+    /// manifest.
     Build(commands::build::BuildArgs),
+    /// Export the image's disk as raw, qcow2, an Azure VHD or a GCE tar.gz.
+    Export(commands::export::ExportArgs),
     /// Boot an image under QEMU with OVMF and a swtpm vTPM; exit with the guest's outcome.
     Run(commands::run::RunArgs),
     /// Ask a running agent for its health.
@@ -71,6 +74,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Build(a) => commands::build::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Eventlog(a) => commands::eventlog::run(a),

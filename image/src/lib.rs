@@ -11,15 +11,21 @@
 //!
 //! It also computes launch measurements offline ([`measure`]): the SEV-SNP launch digest.
 //!
-//! Non-goals (later issues): UKI, GPT disk, cloud exports.
+//! For UEFI boots (a disk under QEMU, Azure, GCP) it also assembles a unified kernel
+//! image ([`uki`]) and a GPT disk holding it ([`disk`]), which [`export`] turns into
+//! each cloud's format.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod cpio;
+pub mod disk;
+pub mod export;
 pub mod kernel;
 pub mod libs;
 pub mod manifest;
 pub mod measure;
+pub mod pe;
+pub mod uki;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -99,6 +105,28 @@ pub mod files {
     pub const CMDLINE: &str = "cmdline";
     /// The manifest.
     pub const MANIFEST: &str = "manifest.json";
+    /// The unified kernel image.
+    pub const UKI: &str = "uki.efi";
+    /// The GPT disk with the UKI on its EFI system partition.
+    pub const DISK: &str = "disk.raw";
+}
+
+/// The UEFI boot artifacts to build besides the direct-boot ones.
+#[derive(Debug, Clone)]
+pub struct UkiSpec {
+    /// The systemd EFI stub.
+    pub stub: PathBuf,
+    /// The disk's partition sizes.
+    pub layout: disk::DiskLayout,
+}
+
+/// The os-release embedded in the UKI (`.osrel`): what the appliance is, for the stub
+/// and for anyone inspecting the disk.
+pub fn os_release() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    format!(
+        "NAME=cvm\nID=cvm\nVERSION_ID={version}\nPRETTY_NAME=\"cvm {version} confidential VM appliance\"\n"
+    )
 }
 
 /// What to build.
@@ -123,6 +151,8 @@ pub struct ImageSpec {
     /// Include the state volume tools ([`STATE_TOOLS`]); without them the image is
     /// smaller and can hold no persistent state.
     pub state_tools: bool,
+    /// Also build the UKI and the disk.
+    pub uki: Option<UkiSpec>,
 }
 
 /// An image could not be built.
@@ -170,6 +200,12 @@ pub enum ImageError {
     /// The kernel is unusable.
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
+    /// The UKI could not be assembled.
+    #[error(transparent)]
+    Uki(#[from] uki::UkiError),
+    /// The disk could not be written.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     /// Writing the output failed.
     #[error("write image {path} failed")]
     Output {
@@ -286,6 +322,12 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
     if spec.cmdline.contains(['\n', '\0']) {
         return Err(ImageError::BadCmdline);
     }
+    // The stub is checked first: a missing one should not cost an initramfs build.
+    let stub = spec
+        .uki
+        .as_ref()
+        .map(|u| uki::read_stub(&u.stub))
+        .transpose()?;
     let archive = initramfs_archive(spec)?;
     let cpio = archive.to_bytes(spec.source_date_epoch);
     let initramfs =
@@ -312,7 +354,24 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
         size: bytes.len() as u64,
         sha256: sha256_hex(bytes),
     };
-    let manifest = Manifest {
+    let uki = match &stub {
+        Some(stub) => {
+            let release = uki::kernel_release(&kernel);
+            let bytes = uki::assemble(
+                stub,
+                &uki::UkiParts {
+                    kernel: &kernel,
+                    initrd: &initramfs,
+                    cmdline: &spec.cmdline,
+                    osrel: &os_release(),
+                    uname: release.as_deref(),
+                },
+            )?;
+            Some((bytes, sha256_hex(stub)))
+        }
+        None => None,
+    };
+    let mut manifest = Manifest {
         schema: manifest::MANIFEST_SCHEMA,
         source_date_epoch: spec.source_date_epoch,
         kernel: artifact(files::KERNEL, &kernel),
@@ -323,62 +382,126 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
         cmdline_text: spec.cmdline.clone(),
         firmware: spec.firmware.clone(),
         initramfs_files,
+        uki: uki
+            .as_ref()
+            .map(|(bytes, stub_sha256)| manifest::UkiArtifact {
+                artifact: artifact(files::UKI, bytes),
+                stub_sha256: stub_sha256.clone(),
+                osrel: os_release(),
+                uname: uki::kernel_release(&kernel),
+            }),
+        disk: None,
     };
+
+    let staging = Staging::new(out)?;
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        (files::KERNEL, &kernel),
+        (files::INITRAMFS, &initramfs),
+        (files::CMDLINE, spec.cmdline.as_bytes()),
+    ];
+    if let (Some((bytes, _)), Some(u)) = (&uki, &spec.uki) {
+        entries.push((files::UKI, bytes));
+        let path = staging.dir.join(files::DISK);
+        let info = disk::write(&path, bytes, u.layout)?;
+        let (size, sha256) = export::digest_file(&path).map_err(|e| ImageError::Output {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        manifest.disk = Some(manifest::DiskArtifact {
+            artifact: Artifact {
+                file: files::DISK.to_owned(),
+                size,
+                sha256,
+            },
+            info,
+        });
+    }
     let mut manifest_json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::Output {
             path: out.join(files::MANIFEST),
             source: std::io::Error::other(e),
         })?;
     manifest_json.push(b'\n');
-
-    write_folder(
-        out,
-        &[
-            (files::KERNEL, &kernel),
-            (files::INITRAMFS, &initramfs),
-            (files::CMDLINE, spec.cmdline.as_bytes()),
-            (files::MANIFEST, &manifest_json),
-        ],
-    )?;
+    entries.push((files::MANIFEST, &manifest_json));
+    staging.write(&entries)?;
+    staging.swap_in()?;
     Ok(manifest)
 }
 
-/// Write `entries` into a fresh sibling folder, then swap it in for `out`.
-fn write_folder(out: &Path, entries: &[(&str, &[u8])]) -> Result<(), ImageError> {
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ImageError::Output { path, source }
-    };
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(err(parent))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    let staging = parent.join(format!(".{name}.new"));
-    let old = parent.join(format!(".{name}.old"));
-    for stale in [&staging, &old] {
-        if stale.exists() {
-            fs::remove_dir_all(stale).map_err(err(stale))?;
+/// The identity of an image: the SHA-256 of its `manifest.json`, which lists every
+/// artifact's digest.
+pub fn identity(manifest_json: &[u8]) -> String {
+    sha256_hex(manifest_json)
+}
+
+/// A fresh sibling folder of the output that is swapped in for it once complete, so a
+/// failed build leaves the previous image intact.
+struct Staging {
+    out: PathBuf,
+    dir: PathBuf,
+    old: PathBuf,
+}
+
+fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+    let path = path.to_owned();
+    move |source| ImageError::Output { path, source }
+}
+
+impl Staging {
+    fn new(out: &Path) -> Result<Self, ImageError> {
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(output_error(parent))?;
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let dir = parent.join(format!(".{name}.new"));
+        let old = parent.join(format!(".{name}.old"));
+        for stale in [&dir, &old] {
+            if stale.exists() {
+                fs::remove_dir_all(stale).map_err(output_error(stale))?;
+            }
+        }
+        fs::create_dir_all(&dir).map_err(output_error(&dir))?;
+        Ok(Self {
+            out: out.to_owned(),
+            dir,
+            old,
+        })
+    }
+
+    fn write(&self, entries: &[(&str, &[u8])]) -> Result<(), ImageError> {
+        use std::io::Write as _;
+        for (file, bytes) in entries {
+            let path = self.dir.join(file);
+            let mut f = fs::File::create(&path).map_err(output_error(&path))?;
+            f.write_all(bytes).map_err(output_error(&path))?;
+            f.sync_all().map_err(output_error(&path))?;
+        }
+        Ok(())
+    }
+
+    fn swap_in(&self) -> Result<(), ImageError> {
+        let out = &self.out;
+        if out.exists() {
+            fs::rename(out, &self.old).map_err(output_error(out))?;
+        }
+        fs::rename(&self.dir, out).map_err(output_error(out))?;
+        if self.old.exists() {
+            fs::remove_dir_all(&self.old).map_err(output_error(&self.old))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    // A build that failed half-way leaves no half-written folder behind.
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
-    fs::create_dir_all(&staging).map_err(err(&staging))?;
-    for (file, bytes) in entries {
-        let path = staging.join(file);
-        let mut f = fs::File::create(&path).map_err(err(&path))?;
-        use std::io::Write as _;
-        f.write_all(bytes).map_err(err(&path))?;
-        f.sync_all().map_err(err(&path))?;
-    }
-    if out.exists() {
-        fs::rename(out, &old).map_err(err(out))?;
-    }
-    fs::rename(&staging, out).map_err(err(out))?;
-    if old.exists() {
-        fs::remove_dir_all(&old).map_err(err(&old))?;
-    }
-    Ok(())
 }

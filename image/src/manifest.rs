@@ -30,6 +30,38 @@ pub struct Manifest {
     pub firmware: Option<FirmwareInfo>,
     /// Every regular file inside the initramfs.
     pub initramfs_files: Vec<FileEntry>,
+    /// The unified kernel image, when the build made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<UkiArtifact>,
+    /// The GPT disk holding the UKI, when the build made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskArtifact>,
+}
+
+/// The UKI and what went into it besides the kernel, initramfs and command line.
+// No deny_unknown_fields: serde does not support it together with flatten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UkiArtifact {
+    /// The file.
+    #[serde(flatten)]
+    pub artifact: Artifact,
+    /// SHA-256 of the systemd EFI stub it was assembled from.
+    pub stub_sha256: String,
+    /// Its `.osrel` section.
+    pub osrel: String,
+    /// Its `.uname` section, when the kernel states its release.
+    pub uname: Option<String>,
+}
+
+/// The disk and its layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskArtifact {
+    /// The file.
+    #[serde(flatten)]
+    pub artifact: Artifact,
+    /// GUIDs and partition sizes.
+    #[serde(flatten)]
+    pub info: crate::disk::DiskInfo,
 }
 
 /// One file of the image folder.

@@ -1,9 +1,11 @@
-//! `cvm build`: kernel (built and cached, or prebuilt) + initramfs + manifest.
+//! `cvm build`: kernel (built and cached, or prebuilt) + initramfs + manifest, and for
+//! UEFI boots the UKI and the GPT disk that holds it.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use cvm_image::{DEFAULT_CMDLINE, FirmwareInfo, ImageSpec, kernel};
+use cvm_image::disk::DiskLayout;
+use cvm_image::{DEFAULT_CMDLINE, FirmwareInfo, ImageSpec, UkiSpec, kernel};
 
 use crate::paths;
 
@@ -38,6 +40,20 @@ pub struct BuildArgs {
     /// smaller image whose guest can hold no persistent state.
     #[arg(long)]
     pub stateless: bool,
+    /// The systemd EFI stub the UKI is assembled from (Debian's systemd-boot-efi, from
+    /// bookworm-backports).
+    #[arg(long, value_name = "PATH", default_value = cvm_image::uki::DEFAULT_STUB)]
+    pub stub: PathBuf,
+    /// Size of the disk's EFI system partition, MiB (FAT32: at least 33).
+    #[arg(long, value_name = "MIB", default_value_t = DiskLayout::default().esp_mib)]
+    pub esp_size: u64,
+    /// Size of the disk's empty state partition, MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DiskLayout::default().state_mib)]
+    pub state_size: u64,
+    /// Build only the direct-boot artifacts (kernel, initramfs, command line): no UKI,
+    /// no disk.
+    #[arg(long)]
+    pub no_uki: bool,
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +108,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         cmdline: args.cmdline,
         source_date_epoch: epoch,
         firmware,
+        uki: (!args.no_uki).then(|| UkiSpec {
+            stub: args.stub.clone(),
+            layout: DiskLayout {
+                esp_mib: args.esp_size,
+                state_mib: args.state_size,
+            },
+        }),
     };
     for (what, path, flag) in [
         ("PID1", &spec.init, "init"),
@@ -107,13 +130,24 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         }
     }
     let manifest = cvm_image::build(&spec, &args.out)?;
+    let manifest_path = args.out.join(cvm_image::files::MANIFEST);
+    let identity = cvm_image::identity(
+        &std::fs::read(&manifest_path)
+            .with_context(|| format!("read {}", manifest_path.display()))?,
+    );
     if args.json {
-        return super::print_json(&serde_json::json!({ "out": args.out, "manifest": manifest }));
+        return super::print_json(
+            &serde_json::json!({ "out": args.out, "identity": identity, "manifest": manifest }),
+        );
     }
     eprintln!("image written to {}", args.out.display());
-    for a in [&manifest.kernel, &manifest.initramfs, &manifest.cmdline] {
+    let mut artifacts = vec![&manifest.kernel, &manifest.initramfs, &manifest.cmdline];
+    artifacts.extend(manifest.uki.as_ref().map(|u| &u.artifact));
+    artifacts.extend(manifest.disk.as_ref().map(|d| &d.artifact));
+    for a in artifacts {
         println!("{:<20} {:>10} bytes  sha256 {}", a.file, a.size, a.sha256);
     }
+    println!("image identity: sha256 {identity} (of manifest.json)");
     println!("kernel source: {}", manifest.kernel_source);
     println!("initramfs files: {}", manifest.initramfs_files.len());
     Ok(())

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod build;
 pub mod demo;
 pub mod eventlog;
+pub mod export;
 pub mod firmware;
 pub mod initdata;
 pub mod measure;

@@ -12,6 +12,19 @@
 //! - PCR 9: the EFI stub measures the load options (the command line OVMF built:
 //!   `<cmdline> initrd=initrd`, UTF-16LE with its NUL) and then the initrd, each a
 //!   tagged event (EV_EVENT_TAG) whose digest is over the raw bytes.
+//!
+//! The UEFI disk boot (`cvm run --disk`: OVMF starts `EFI/BOOT/BOOTX64.EFI`, the UKI,
+//! whose systemd stub 254 starts the kernel), read from the firmware log of a real boot:
+//! - PCR 4: "Calling EFI Application from Boot Option", a separator, the UKI's
+//!   Authenticode hash, then the kernel's (the stub loads the `.linux` section through
+//!   `LoadImage`, unpatched). No guest-memory dependence.
+//! - PCR 9: the load options the stub hands the kernel (the `.cmdline` section,
+//!   UTF-16LE with its NUL, no `initrd=`), then the `.initrd` section.
+//! - PCR 11: the stub's section measurements ([`super::uki::pcr11`]).
+//!
+//! EDK2-based cloud firmware follows the same sequence, so the same events are the
+//! reference for the `azure` and `gcp` targets; there they are unconfirmed (no cloud
+//! here), while PCR 9 and 11 come from the stub and the kernel and do not depend on it.
 
 use sha2::{Digest as _, Sha256};
 
@@ -43,6 +56,9 @@ pub enum QemuBootError {
     /// The kernel is not a PE image (no EFI stub).
     #[error("kernel has no EFI stub")]
     Pe(#[from] PeError),
+    /// The UKI lacks a section the boot needs.
+    #[error("the UKI has no usable {0} section")]
+    UkiSection(&'static str),
 }
 
 /// The inputs of a direct kernel boot.
@@ -187,6 +203,143 @@ pub fn pcr9_events(boot: &DirectBoot<'_>) -> Vec<PredictedEvent> {
     events
 }
 
+/// The PCR 4, 9 and 11 events of a UEFI boot of `uki` from disk, and the UKI's
+/// command line and initrd (for the runtime events).
+pub fn uki_events(uki: &[u8]) -> Result<UkiBoot, QemuBootError> {
+    let sections = crate::uki::measured_sections(uki)?;
+    let section = |name: &'static str| {
+        sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.as_slice())
+            .ok_or(QemuBootError::UkiSection(name))
+    };
+    let kernel = section(".linux")?;
+    let initrd = section(".initrd")?;
+    let cmdline = String::from_utf8(section(".cmdline")?.to_vec())
+        .map_err(|_| QemuBootError::UkiSection(".cmdline"))?;
+    let event = |pcr, description: String, digest: &[u8]| PredictedEvent {
+        pcr,
+        description,
+        sha256: hex::encode(digest),
+    };
+    let mut events = vec![
+        event(
+            4,
+            format!("EV_EFI_ACTION: {CALLING_EFI_APPLICATION}"),
+            &Sha256::digest(CALLING_EFI_APPLICATION),
+        ),
+        event(4, "EV_SEPARATOR".into(), &Sha256::digest(SEPARATOR)),
+        event(
+            4,
+            "EV_EFI_BOOT_SERVICES_APPLICATION: Authenticode of the UKI".into(),
+            &authenticode::<Sha256>(uki)?,
+        ),
+        event(
+            4,
+            "EV_EFI_BOOT_SERVICES_APPLICATION: Authenticode of the UKI's kernel".into(),
+            &authenticode::<Sha256>(kernel)?,
+        ),
+        event(
+            9,
+            "EV_EVENT_TAG: LOADED_IMAGE::LoadOptions (the UKI's command line)".into(),
+            &Sha256::digest(load_options(&cmdline, false)),
+        ),
+        event(
+            9,
+            "EV_EVENT_TAG: Linux initrd".into(),
+            &Sha256::digest(initrd),
+        ),
+    ];
+    let known = super::uki::MEASURED_SECTIONS;
+    for name in known {
+        if let Some((_, data)) = sections.iter().find(|(n, _)| n == name) {
+            let mut with_nul = name.as_bytes().to_vec();
+            with_nul.push(0);
+            events.push(event(
+                11,
+                format!("EV_IPL: {name} (name)"),
+                &Sha256::digest(&with_nul),
+            ));
+            events.push(event(11, format!("EV_IPL: {name}"), &Sha256::digest(data)));
+        }
+    }
+    Ok(UkiBoot {
+        events,
+        kernel_sha256: hex::encode(Sha256::digest(kernel)),
+        initrd: initrd.to_vec(),
+        cmdline,
+    })
+}
+
+/// What [`uki_events`] found.
+#[derive(Debug, Clone)]
+pub struct UkiBoot {
+    /// PCR 4, 9 and 11 events, in log order per PCR.
+    pub events: Vec<PredictedEvent>,
+    /// sha256 of the `.linux` section.
+    pub kernel_sha256: String,
+    /// The `.initrd` section.
+    pub initrd: Vec<u8>,
+    /// The `.cmdline` section.
+    pub cmdline: String,
+}
+
+/// Reference values of the UEFI disk boot of `uki`; `initramfs_files` are its initrd's
+/// files when that is a cvm initramfs (PCR 15 is then predicted too).
+pub fn uki_reference(
+    uki: &[u8],
+    initramfs_files: Option<&std::collections::BTreeMap<String, Vec<u8>>>,
+) -> Result<QemuReference, QemuReferenceError> {
+    let boot = uki_events(uki)?;
+    let runtime_events = match initramfs_files {
+        Some(files) => super::runtime::boot_events(files, &boot.cmdline)?,
+        None => Vec::new(),
+    };
+    let mut pcrs = std::collections::BTreeMap::new();
+    for pcr in [4, 9, 11] {
+        let of: Vec<PredictedEvent> = boot
+            .events
+            .iter()
+            .filter(|e| e.pcr == pcr)
+            .cloned()
+            .collect();
+        pcrs.insert(pcr, hex::encode(replay(&of)));
+    }
+    if !runtime_events.is_empty() {
+        pcrs.insert(
+            super::runtime::RUNTIME_PCR,
+            hex::encode(replay(&runtime_events)),
+        );
+    }
+    Ok(QemuReference {
+        platform: "qemu".into(),
+        pcrs,
+        events: boot.events,
+        runtime_events,
+        inputs: QemuInputs {
+            boot: BootPath::UkiDisk,
+            uki_sha256: Some(hex::encode(Sha256::digest(uki))),
+            initdata_digest: None,
+            kernel_sha256: boot.kernel_sha256,
+            initrd_sha256: Some(hex::encode(Sha256::digest(&boot.initrd))),
+            cmdline: boot.cmdline,
+            memory_mib: None,
+        },
+    })
+}
+
+/// How the firmware reached the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootPath {
+    /// QEMU's `-kernel`/`-initrd`/`-append`.
+    #[default]
+    Direct,
+    /// OVMF boots the UKI from the GPT disk.
+    UkiDisk,
+}
+
 /// The guest memory `cvm run` gives a VM by default, MiB (PCR 4 depends on it).
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 
@@ -199,7 +352,7 @@ pub struct QemuReference {
     pub platform: String,
     /// Expected sha256 PCR values by index (4, 9, and 15 when the initramfs holds PID1).
     pub pcrs: std::collections::BTreeMap<u32, String>,
-    /// The firmware and EFI-stub events of PCR 4 and 9, in log order.
+    /// The firmware and EFI-stub events of PCR 4 and 9 (and 11 for a UKI), in log order.
     pub events: Vec<PredictedEvent>,
     /// PID1's boot events in the runtime PCR, in log order (empty when the initrd is
     /// not a cvm initramfs).
@@ -212,14 +365,21 @@ pub struct QemuReference {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QemuInputs {
+    /// The boot path.
+    #[serde(default)]
+    pub boot: BootPath,
+    /// sha256 of the UKI, for [`BootPath::UkiDisk`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki_sha256: Option<String>,
     /// sha256 of the bzImage file.
     pub kernel_sha256: String,
     /// sha256 of the initrd file.
     pub initrd_sha256: Option<String>,
     /// The `-append` string.
     pub cmdline: String,
-    /// Guest memory, MiB.
-    pub memory_mib: u64,
+    /// Guest memory, MiB (a direct boot's PCR 4 depends on it; a UKI boot's does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
     /// The init-data digest (hex) whose PCR 8 value the reference pins, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initdata_digest: Option<String>,
@@ -254,11 +414,13 @@ pub fn reference(
         events,
         runtime_events,
         inputs: QemuInputs {
+            boot: BootPath::Direct,
+            uki_sha256: None,
             initdata_digest: None,
             kernel_sha256: hex::encode(Sha256::digest(boot.kernel)),
             initrd_sha256: boot.initrd.map(|i| hex::encode(Sha256::digest(i))),
             cmdline: boot.cmdline.to_owned(),
-            memory_mib: boot.memory_mib,
+            memory_mib: Some(boot.memory_mib),
         },
     })
 }
