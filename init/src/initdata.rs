@@ -13,7 +13,7 @@
 //! | `cvm.broker-ca` | PEM of the CA to pin (required unless plain HTTP is configured) |
 //! | `cvm.broker-insecure-http` | `"true"` to allow an `http://` broker URL |
 //! | `cvm.state-key` | resource path of the state volume key (default `cvm/state/key`) |
-//! | `cvm.state-device` | the state disk (default `/dev/vda`), or `none` |
+//! | `cvm.state-device` | the state disk: a `/dev/` path, `partlabel:NAME`, `none`, or `auto` (the default: the GPT partition named `cvm-state` when the boot disk has one, else `/dev/vda`) |
 //! | `cvm.resources` | comma-separated resource paths handed to the agent |
 //! | `cvm.owners` | PEM public keys of the owners whose sealed workloads the agent accepts |
 
@@ -28,8 +28,22 @@ use cvm_kbs_client::initdata::{InitData, InitDataError, MAX_INITDATA, TPM_PCR};
 pub const FW_CFG_INITDATA: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/cvm/initdata/raw";
 /// Default resource path of the state volume key.
 pub const DEFAULT_STATE_KEY: &str = "cvm/state/key";
-/// Default state disk.
+/// The state disk of a direct boot (`cvm run --state-disk`), when no partition is
+/// labelled [`STATE_PARTLABEL`].
 pub const DEFAULT_STATE_DEVICE: &str = "/dev/vda";
+/// The GPT name of the state partition on the disk `cvm build` writes.
+pub const STATE_PARTLABEL: &str = "cvm-state";
+
+/// Where the state volume lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateDevice {
+    /// This device node.
+    Path(PathBuf),
+    /// The partition with this GPT name.
+    Label(String),
+    /// [`STATE_PARTLABEL`] when a partition has it, else [`DEFAULT_STATE_DEVICE`].
+    Auto,
+}
 
 /// Init-data that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +85,7 @@ pub struct KeyRelease {
     /// The state volume key's resource path.
     pub state_key: String,
     /// The state disk, if any.
-    pub state_device: Option<PathBuf>,
+    pub state_device: Option<StateDevice>,
     /// Resources for the agent.
     pub resources: Vec<String>,
     /// The trusted owner keys (PEM), as given.
@@ -151,10 +165,21 @@ pub fn settings(body: &str, data: &InitData) -> Result<KeyRelease, InitDataError
         "cvm.state-key",
         get("cvm.state-key").unwrap_or(DEFAULT_STATE_KEY),
     )?;
-    let state_device = match get("cvm.state-device").unwrap_or(DEFAULT_STATE_DEVICE) {
+    let state_device = match get("cvm.state-device").unwrap_or("auto") {
         "none" => None,
-        d if d.starts_with("/dev/") && !d.contains("..") => Some(PathBuf::from(d)),
-        _ => return Err(key_err("cvm.state-device", "must be a /dev/ path or none")),
+        "auto" => Some(StateDevice::Auto),
+        d if d.starts_with("/dev/") && !d.contains("..") => Some(StateDevice::Path(d.into())),
+        d => match d.strip_prefix("partlabel:") {
+            Some(l) if !l.is_empty() && l.len() <= 36 && !l.contains(['\n', '\0']) => {
+                Some(StateDevice::Label(l.to_owned()))
+            }
+            _ => {
+                return Err(key_err(
+                    "cvm.state-device",
+                    "must be a /dev/ path, partlabel:NAME, auto or none",
+                ));
+            }
+        },
     };
     let resources = match get("cvm.resources") {
         None | Some("") => Vec::new(),
@@ -228,8 +253,10 @@ mod tests {
     fn defaults_and_lists() {
         let k = parse("\"cvm.broker-url\" = \"https://10.0.2.2:8443\"\n\"cvm.broker-ca\" = \"PEM\"\n\"cvm.resources\" = \"a/b/c, d/e/f\"\n").unwrap();
         assert_eq!(k.state_key, DEFAULT_STATE_KEY);
-        assert_eq!(k.state_device.as_deref(), Some(Path::new("/dev/vda")));
+        assert_eq!(k.state_device, Some(StateDevice::Auto));
         assert_eq!(k.resources, ["a/b/c", "d/e/f"]);
+        let k = parse("\"cvm.broker-url\" = \"https://x\"\n\"cvm.broker-ca\" = \"P\"\n\"cvm.state-device\" = \"partlabel:data\"\n").unwrap();
+        assert_eq!(k.state_device, Some(StateDevice::Label("data".into())));
     }
 
     #[test]
@@ -258,6 +285,10 @@ mod tests {
             ),
             (
                 "\"cvm.broker-url\" = \"https://x\"\n\"cvm.broker-ca\" = \"P\"\n\"cvm.state-device\" = \"/etc/passwd\"\n",
+                "cvm.state-device",
+            ),
+            (
+                "\"cvm.broker-url\" = \"https://x\"\n\"cvm.broker-ca\" = \"P\"\n\"cvm.state-device\" = \"partlabel:\"\n",
                 "cvm.state-device",
             ),
         ] {

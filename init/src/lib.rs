@@ -215,7 +215,8 @@ fn release_keys(config: &Config, log: &RuntimeLog) -> Result<Released, InitError
     ));
     let mut state_open = false;
     if let (Some(device), Some(key)) = (&settings.state_device, &keys.state_key) {
-        let volume = state::open(device, key)?;
+        let device = state::resolve(device)?;
+        let volume = state::open(&device, key)?;
         state_open = true;
         power::console(&format!(
             "{}{} (boot {} of this volume)",

@@ -1,4 +1,5 @@
-//! The appliance's persistent state: a virtio disk encrypted and authenticated at rest
+//! The appliance's persistent state: a virtio disk (or the `cvm-state` partition of
+//! the boot disk) encrypted and authenticated at rest
 //! with LUKS2 (dm-crypt `aes-xts-plain64` with dm-integrity `hmac-sha256`, 4 KiB
 //! sectors), unlocked with the key the broker released, holding an ext4 file system
 //! mounted at [`STATE_MOUNT`].
@@ -21,6 +22,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::initdata::{DEFAULT_STATE_DEVICE, STATE_PARTLABEL, StateDevice};
+
 /// Where the state file system is mounted.
 pub const STATE_MOUNT: &str = "/var/lib/cvm";
 /// The device-mapper name of the unlocked volume.
@@ -38,6 +41,9 @@ pub enum StateError {
     /// The disk is missing.
     #[error("state disk {0} is missing")]
     NoDevice(PathBuf),
+    /// No partition has the configured GPT name.
+    #[error("no partition is named {0:?} (cvm.state-device = partlabel:{0})")]
+    NoPartition(String),
     /// The disk holds data that is not a cvm state volume.
     #[error(
         "state disk {0} holds data that is not a LUKS2 volume; refusing to overwrite it (give the appliance an empty disk)"
@@ -149,6 +155,56 @@ fn run(
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Where the block-device class lists every disk and partition.
+const SYS_BLOCK: &str = "/sys/class/block";
+
+/// The device node of the partition whose GPT name is `label`, from the kernel's
+/// `uevent` files (there is no udev to make `/dev/disk/by-partlabel`).
+fn find_partlabel(sys_block: &Path, label: &str) -> Result<Option<PathBuf>, StateError> {
+    let Ok(entries) = fs::read_dir(sys_block) else {
+        return Ok(None);
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Deterministic when two disks carry the label: the first by name.
+    names.sort();
+    for name in names {
+        let uevent = sys_block.join(&name).join("uevent");
+        let Ok(text) = fs::read_to_string(&uevent) else {
+            continue;
+        };
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(str::to_owned))
+        };
+        if field("PARTNAME=").as_deref() == Some(label)
+            && let Some(dev) = field("DEVNAME=")
+            && !dev.contains(['/', '.'])
+        {
+            return Ok(Some(Path::new("/dev").join(dev)));
+        }
+    }
+    Ok(None)
+}
+
+/// The device node `device` names.
+pub fn resolve(device: &StateDevice) -> Result<PathBuf, StateError> {
+    resolve_in(Path::new(SYS_BLOCK), device)
+}
+
+fn resolve_in(sys_block: &Path, device: &StateDevice) -> Result<PathBuf, StateError> {
+    match device {
+        StateDevice::Path(p) => Ok(p.clone()),
+        StateDevice::Label(l) => {
+            find_partlabel(sys_block, l)?.ok_or_else(|| StateError::NoPartition(l.clone()))
+        }
+        StateDevice::Auto => Ok(find_partlabel(sys_block, STATE_PARTLABEL)?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DEVICE))),
+    }
 }
 
 /// Whether the first 64 KiB of `device` are all zeros (a never-used disk).
@@ -303,4 +359,49 @@ fn update_record(root: &Path, uuid: &str, created: bool) -> Result<StateRecord, 
 pub fn close() {
     let _ = umount2(STATE_MOUNT, MntFlags::empty());
     let _ = run(CRYPTSETUP, "close", &["close", MAPPER_NAME], None);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn block(dir: &Path, name: &str, uevent: &str) {
+        fs::create_dir_all(dir.join(name)).unwrap();
+        fs::write(dir.join(name).join("uevent"), uevent).unwrap();
+    }
+
+    #[test]
+    fn state_partition_is_found_by_its_gpt_name() {
+        let sys = tempfile::tempdir().unwrap();
+        block(sys.path(), "vda", "MAJOR=253\nDEVNAME=vda\nDEVTYPE=disk\n");
+        block(
+            sys.path(),
+            "vda1",
+            "DEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=cvm-esp\n",
+        );
+        // Before the label appears, auto means the direct boot's state disk.
+        assert_eq!(
+            resolve_in(sys.path(), &StateDevice::Auto).unwrap(),
+            Path::new("/dev/vda")
+        );
+        block(
+            sys.path(),
+            "vda2",
+            "DEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=cvm-state\n",
+        );
+        assert_eq!(
+            resolve_in(sys.path(), &StateDevice::Auto).unwrap(),
+            Path::new("/dev/vda2")
+        );
+        assert_eq!(
+            resolve_in(sys.path(), &StateDevice::Label("cvm-esp".into())).unwrap(),
+            Path::new("/dev/vda1")
+        );
+        let missing = resolve_in(sys.path(), &StateDevice::Label("data".into())).unwrap_err();
+        assert!(matches!(missing, StateError::NoPartition(l) if l == "data"));
+        // A device name that would leave /dev is not followed.
+        block(sys.path(), "x", "DEVNAME=../etc/passwd\nPARTNAME=evil\n");
+        assert!(resolve_in(sys.path(), &StateDevice::Label("evil".into())).is_err());
+    }
 }
