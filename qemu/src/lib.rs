@@ -15,6 +15,6 @@ pub mod qmp;
 pub mod swtpm;
 pub mod vm;
 
-pub use platform::{Accel, Firmware, Platform, SpecError, VmSpec, command_line};
+pub use platform::{Accel, Boot, Firmware, Platform, SpecError, VmSpec, command_line};
 pub use swtpm::{Swtpm, SwtpmError};
 pub use vm::{Outcome, RunError, Vm, VmOptions};

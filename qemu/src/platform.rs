@@ -66,6 +66,24 @@ pub enum Firmware {
     Bios(PathBuf),
 }
 
+/// What the firmware boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// QEMU hands the firmware a kernel, initrd and command line (direct boot; for SNP
+    /// and TDX their hashes are part of the launch measurement).
+    Kernel {
+        /// bzImage.
+        kernel: PathBuf,
+        /// Initramfs.
+        initrd: PathBuf,
+        /// Kernel command line.
+        cmdline: String,
+    },
+    /// The firmware boots `EFI/BOOT/BOOTX64.EFI` (the UKI) from this GPT disk, which
+    /// also holds the state partition; it is the first virtio disk.
+    Disk(PathBuf),
+}
+
 /// One VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -79,12 +97,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Firmware.
     pub firmware: Firmware,
-    /// bzImage.
-    pub kernel: PathBuf,
-    /// Initramfs.
-    pub initrd: PathBuf,
-    /// Kernel command line.
-    pub cmdline: String,
+    /// What the firmware boots.
+    pub boot: Boot,
     /// swtpm control socket, for a vTPM.
     pub tpm_socket: Option<PathBuf>,
     /// Host port forwarded (on 127.0.0.1) to the agent's guest port.
@@ -95,7 +109,8 @@ pub struct VmSpec {
     pub qmp_socket: Option<PathBuf>,
     /// Init-data (TOML) handed to the guest through fw_cfg as `opt/cvm/initdata`.
     pub initdata: Option<PathBuf>,
-    /// Raw disk image for the guest's encrypted state (the first virtio disk).
+    /// Raw disk image for the guest's encrypted state (the first virtio disk of a
+    /// direct boot).
     pub state_disk: Option<PathBuf>,
 }
 
@@ -123,6 +138,16 @@ pub enum SpecError {
     /// Zero CPUs or too little memory.
     #[error("VM needs at least 1 vCPU and 256 MiB of memory")]
     TooSmall,
+    /// A disk boot on SNP or TDX: the launch measurement would not cover the kernel.
+    #[error(
+        "platform {0:?} boots the kernel directly: a disk boot would leave it out of the launch measurement"
+    )]
+    DiskNotMeasured(Platform),
+    /// A separate state disk beside a boot disk, which has its own state partition.
+    #[error(
+        "a disk boot keeps its state on the disk's own cvm-state partition; no separate state disk"
+    )]
+    StateDiskWithDisk,
     /// A path QEMU's option syntax cannot carry.
     #[error("path {0} contains a comma, which QEMU options cannot carry")]
     BadPath(PathBuf),
@@ -211,16 +236,30 @@ pub fn command_line(spec: &VmSpec) -> Result<Vec<String>, SpecError> {
         Platform::Qemu => {}
     }
 
-    let kernel = path(&spec.kernel)?;
-    let initrd = path(&spec.initrd)?;
-    push(&[
-        "-kernel",
-        &kernel,
-        "-initrd",
-        &initrd,
-        "-append",
-        &spec.cmdline,
-    ]);
+    match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            let kernel = path(kernel)?;
+            let initrd = path(initrd)?;
+            push(&["-kernel", &kernel, "-initrd", &initrd, "-append", cmdline]);
+        }
+        Boot::Disk(_) if spec.platform != Platform::Qemu => {
+            return Err(SpecError::DiskNotMeasured(spec.platform));
+        }
+        Boot::Disk(_) if spec.state_disk.is_some() => return Err(SpecError::StateDiskWithDisk),
+        Boot::Disk(disk) => {
+            // Written in place: the state partition lives on it.
+            let drive = format!(
+                "file={},if=none,id=disk0,format=raw,cache=none,aio=threads",
+                path(disk)?
+            );
+            push(&["-drive", &drive]);
+            push(&["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        }
+    }
 
     push(&[
         "-chardev",
@@ -299,9 +338,11 @@ mod tests {
                 },
                 _ => Firmware::Bios("/fw/OVMF.fd".into()),
             },
-            kernel: "/img/bzImage".into(),
-            initrd: "/img/initramfs.cpio.zst".into(),
-            cmdline: "console=ttyS0 panic=-1".into(),
+            boot: Boot::Kernel {
+                kernel: "/img/bzImage".into(),
+                initrd: "/img/initramfs.cpio.zst".into(),
+                cmdline: "console=ttyS0 panic=-1".into(),
+            },
             tpm_socket: (platform == Platform::Qemu).then(|| "/run/swtpm.sock".into()),
             host_port: Some(18080),
             forwards: Vec::new(),
@@ -330,6 +371,20 @@ mod tests {
         assert!(has(&a, "-device", "virtio-blk-pci,drive=state0"));
         s.state_disk = Some("/run/a,b.img".into());
         assert!(command_line(&s).is_err());
+    }
+
+    #[test]
+    fn disk_boot_has_no_kernel_and_boots_the_disk_first() {
+        let mut s = spec(Platform::Qemu, Accel::Tcg);
+        s.boot = Boot::Disk("/img/disk.raw".into());
+        let a = command_line(&s).unwrap();
+        assert!(!a.iter().any(|x| x == "-kernel" || x == "-append"));
+        assert!(has(
+            &a,
+            "-drive",
+            "file=/img/disk.raw,if=none,id=disk0,format=raw,cache=none,aio=threads"
+        ));
+        assert!(has(&a, "-device", "virtio-blk-pci,drive=disk0,bootindex=0"));
     }
 
     fn joined(spec: &VmSpec) -> String {
@@ -430,8 +485,22 @@ mod tests {
             Err(SpecError::WrongFirmware(Platform::Qemu, _))
         ));
         let mut s = spec(Platform::Qemu, Accel::Tcg);
-        s.kernel = "/a,b".into();
+        s.boot = Boot::Kernel {
+            kernel: "/a,b".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+        };
         assert_eq!(command_line(&s), Err(SpecError::BadPath("/a,b".into())));
+        let mut s = spec(Platform::Snp, Accel::Kvm);
+        s.boot = Boot::Disk("/d.raw".into());
+        assert_eq!(
+            command_line(&s),
+            Err(SpecError::DiskNotMeasured(Platform::Snp))
+        );
+        let mut s = spec(Platform::Qemu, Accel::Tcg);
+        s.boot = Boot::Disk("/d.raw".into());
+        s.state_disk = Some("/s.raw".into());
+        assert_eq!(command_line(&s), Err(SpecError::StateDiskWithDisk));
         let mut s = spec(Platform::Qemu, Accel::Tcg);
         s.memory_mib = 64;
         assert_eq!(command_line(&s), Err(SpecError::TooSmall));

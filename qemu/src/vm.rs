@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cvm_proto::console::{ConsoleEvent, parse_line};
 
-use crate::platform::{Accel, Firmware, Platform, SpecError, VmSpec, command_line};
+use crate::platform::{Accel, Boot, Firmware, Platform, SpecError, VmSpec, command_line};
 use crate::qmp;
 use crate::swtpm::{Swtpm, SwtpmError};
 
@@ -29,12 +29,8 @@ pub struct VmOptions {
     pub cpus: u32,
     /// Memory in MiB.
     pub memory_mib: u32,
-    /// bzImage.
-    pub kernel: PathBuf,
-    /// Initramfs.
-    pub initrd: PathBuf,
-    /// Kernel command line.
-    pub cmdline: String,
+    /// What the firmware boots.
+    pub boot: Boot,
     /// Firmware code image.
     pub firmware_code: PathBuf,
     /// Firmware variable store template (copied per VM).
@@ -159,9 +155,7 @@ impl Vm {
                 code: opts.firmware_code.clone(),
                 vars,
             },
-            kernel: opts.kernel.clone(),
-            initrd: opts.initrd.clone(),
-            cmdline: opts.cmdline.clone(),
+            boot: opts.boot.clone(),
             tpm_socket: swtpm.as_ref().map(|t| t.socket().to_owned()),
             host_port: Some(host_port),
             forwards: opts.forwards.clone(),

@@ -50,6 +50,9 @@ pub struct VerifyArgs {
     /// Check the PCRs against a reference document (`cvm measure --platform qemu --json`).
     #[arg(long, value_name = "FILE")]
     pub reference: Option<PathBuf>,
+    /// With --image: how the guest booted, `direct` or `disk` (`cvm run --disk`).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "disk"])]
+    pub boot: String,
     /// With --image: the guest's memory in MiB (PCR 4 depends on it).
     #[arg(long, default_value_t = cvm_image::measure::qemu::DEFAULT_MEMORY_MIB)]
     pub memory: u64,
@@ -112,7 +115,7 @@ pub fn reference(args: &VerifyArgs) -> anyhow::Result<Option<QemuReference>> {
     let Some(image) = &args.image else {
         return Ok(None);
     };
-    let measure = super::measure::MeasureArgs::for_image(image.clone(), args.memory);
+    let measure = super::measure::MeasureArgs::for_image(image.clone(), args.memory, &args.boot);
     Ok(Some(super::measure::qemu_reference(&measure)?))
 }
 

@@ -174,8 +174,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         manifest.kernel_source,
         args.vm.accel
     );
-    let mut measure =
-        super::measure::MeasureArgs::for_image(args.vm.image.clone(), u64::from(args.vm.memory));
+    let mut measure = super::measure::MeasureArgs::for_image(
+        args.vm.image.clone(),
+        u64::from(args.vm.memory),
+        if args.vm.disk.is_some() {
+            "disk"
+        } else {
+            "direct"
+        },
+    );
     measure.initdata = Some(initdata_path.clone());
     let reference = super::measure::qemu_reference(&measure)?;
     for (pcr, value) in &reference.pcrs {

@@ -5,7 +5,8 @@
 //! `OVMF.amdsev.fd` as `cvm`'s SNP command line does (EPYC-v4, guest features 0x1).
 //!
 //! `--platform qemu`: the vTPM PCRs (4, 9 and 15, sha256) of the image booted by
-//! `cvm run` with `--memory` MiB: see `cvm_image::measure::qemu` for the model.
+//! `cvm run` with `--memory` MiB, or with `--boot disk` (4, 9, 11 and 15) of its UKI
+//! booted from its GPT disk by `cvm run --disk`: see `cvm_image::measure::qemu`.
 //!
 //! `--platform tdx`: MRTD of the pinned `OVMF.inteltdx.ms.fd` (or `--ovmf`). RTMR0 depends
 //! on the VM shape and QEMU's ACPI tables and is captured from a golden boot instead.
@@ -28,6 +29,10 @@ pub struct MeasureArgs {
     /// Platform to compute reference values for.
     #[arg(long, value_parser = ["snp", "tdx", "qemu"])]
     pub platform: String,
+    /// qemu: how the image boots: `direct` (QEMU loads the kernel) or `disk` (the
+    /// firmware boots the UKI from the image's GPT disk, `cvm run --disk`).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "disk"])]
+    pub boot: String,
     /// qemu: guest memory in MiB (the initrd address, and so PCR 4, depends on it).
     #[arg(long, default_value_t = cvm_image::measure::qemu::DEFAULT_MEMORY_MIB)]
     pub memory: u64,
@@ -78,9 +83,10 @@ pub struct MeasureArgs {
 
 impl MeasureArgs {
     /// The arguments of `cvm measure --platform qemu --image IMAGE --memory MIB`.
-    pub fn for_image(image: PathBuf, memory: u64) -> Self {
+    pub fn for_image(image: PathBuf, memory: u64, boot: &str) -> Self {
         Self {
             platform: "qemu".into(),
+            boot: boot.to_owned(),
             memory,
             page_order: "single".into(),
             vcpus: 2,
@@ -286,19 +292,40 @@ fn boot_inputs(args: &MeasureArgs) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>, 
 
 /// The reference values of the image (or explicit inputs) on the `qemu` platform.
 pub fn qemu_reference(args: &MeasureArgs) -> anyhow::Result<QemuReference> {
-    let (kernel, initrd, cmdline) = boot_inputs(args)?;
     // PCR 15 is predicted only for a cvm initramfs (one that holds PID1).
-    let files = initrd
-        .as_deref()
-        .and_then(|i| cvm_image::initramfs_files(i).ok())
-        .filter(|f| f.contains_key("/init"));
-    let boot = DirectBoot {
-        kernel: &kernel,
-        initrd: initrd.as_deref(),
-        cmdline: &cmdline,
-        memory_mib: args.memory,
+    let cvm_files = |initrd: &[u8]| {
+        cvm_image::initramfs_files(initrd)
+            .ok()
+            .filter(|f| f.contains_key("/init"))
     };
-    let mut reference = qemu::reference(&boot, files.as_ref())?;
+    let mut reference = if args.boot == "disk" {
+        let m = super::read_manifest(&args.image)?;
+        super::verify_image(&args.image, &m)?;
+        let uki = m.uki.as_ref().with_context(|| {
+            format!(
+                "image {} has no UKI (it was built with --no-uki)",
+                args.image.display()
+            )
+        })?;
+        let bytes = read("UKI", &args.image.join(&uki.artifact.file))?;
+        anyhow::ensure!(
+            cvm_image::sha256_hex(&bytes) == uki.artifact.sha256,
+            "UKI {} does not match the image's manifest",
+            args.image.join(&uki.artifact.file).display()
+        );
+        let boot = qemu::uki_events(&bytes)?;
+        qemu::uki_reference(&bytes, cvm_files(&boot.initrd).as_ref())?
+    } else {
+        let (kernel, initrd, cmdline) = boot_inputs(args)?;
+        let files = initrd.as_deref().and_then(cvm_files);
+        let boot = DirectBoot {
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            cmdline: &cmdline,
+            memory_mib: args.memory,
+        };
+        qemu::reference(&boot, files.as_ref())?
+    };
     if let Some(path) = &args.initdata {
         let body = std::fs::read_to_string(path)
             .with_context(|| format!("read init-data {}", path.display()))?;

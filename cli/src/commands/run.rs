@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cvm_qemu::{Accel, Outcome, Vm, VmOptions};
+use cvm_qemu::{Accel, Boot, Outcome, Vm, VmOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -61,6 +61,11 @@ pub struct VmArgs {
     /// tls/ca.pem].
     #[arg(long, value_name = "PEM", requires = "broker")]
     pub broker_ca: Option<PathBuf>,
+    /// Boot the UEFI way: the firmware starts the UKI from this GPT disk, whose
+    /// cvm-state partition holds the encrypted state. Made from the image's disk.raw
+    /// when missing; an existing one must hold the same boot partition.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["state_disk", "append"])]
+    pub disk: Option<PathBuf>,
     /// Disk image for the guest's encrypted state (created empty, of --state-size, if
     /// missing).
     #[arg(long, value_name = "PATH")]
@@ -124,6 +129,43 @@ pub fn ensure_state_disk(path: &Path, mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Make `disk` a copy of the image's disk unless it exists; an existing disk must hold
+/// the image's partition table and boot partition (its state partition is the guest's).
+pub fn ensure_boot_disk(
+    image: &Path,
+    manifest: &cvm_image::Manifest,
+    disk: &Path,
+) -> anyhow::Result<()> {
+    let built = manifest.disk.as_ref().with_context(|| {
+        format!(
+            "image {} has no disk (it was built with --no-uki)",
+            image.display()
+        )
+    })?;
+    let source = image.join(&built.artifact.file);
+    if !disk.exists() {
+        cvm_image::export::export(
+            &source,
+            cvm_image::export::Format::Raw,
+            disk,
+            false,
+            0,
+            [0; 16],
+        )
+        .with_context(|| format!("copy {} to {}", source.display(), disk.display()))?;
+        return Ok(());
+    }
+    let same = cvm_image::disk::same_boot_partition(&source, disk, &built.info.layout)
+        .with_context(|| format!("compare {} with {}", disk.display(), source.display()))?;
+    anyhow::ensure!(
+        same,
+        "disk {} does not hold this image's boot partition (built from another image, or \
+         changed): give a new path to copy the image's disk to",
+        disk.display()
+    );
+    Ok(())
+}
+
 /// A started VM and the private folder its files live in.
 pub struct Booted {
     /// The VM.
@@ -155,6 +197,17 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
     if let Some(disk) = &args.state_disk {
         ensure_state_disk(disk, args.state_size)?;
     }
+    let boot = match &args.disk {
+        Some(disk) => {
+            ensure_boot_disk(&args.image, &manifest, disk)?;
+            Boot::Disk(disk.clone())
+        }
+        None => Boot::Kernel {
+            kernel: args.image.join(&manifest.kernel.file),
+            initrd: args.image.join(&manifest.initramfs.file),
+            cmdline,
+        },
+    };
     let initdata = match &args.broker {
         None => args.initdata.clone(),
         Some(url) => {
@@ -163,7 +216,7 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
                 broker_ca: args.broker_ca.clone(),
                 insecure_http: url.starts_with("http://"),
                 state_key: None,
-                no_state: args.state_disk.is_none(),
+                no_state: args.state_disk.is_none() && args.disk.is_none(),
                 resources: Vec::new(),
                 owners: args.owners.clone(),
             };
@@ -177,9 +230,7 @@ pub fn boot(args: &VmArgs, echo: bool) -> anyhow::Result<Booted> {
         accel: args.accel,
         cpus: args.cpus,
         memory_mib: args.memory,
-        kernel: args.image.join(&manifest.kernel.file),
-        initrd: args.image.join(&manifest.initramfs.file),
-        cmdline,
+        boot,
         firmware_code: firmware.code,
         firmware_vars: firmware.vars_template,
         tpm: !args.no_tpm,
