@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::pe::{
     CERTIFICATE_DIRECTORY, CHECKSUM, Headers, NUMBER_OF_SECTIONS, PeError, SECTION_ENTRY,
-    SIZE_OF_IMAGE, SIZE_OF_INITIALIZED_DATA, checksum,
+    SIZE_OF_IMAGE, SIZE_OF_INITIALIZED_DATA, checksum, u32_at,
 };
 
 /// Where Debian's `systemd-boot-efi` puts the x86-64 stub.
@@ -140,7 +140,14 @@ pub fn assemble(stub: &[u8], parts: &UkiParts<'_>) -> Result<Vec<u8>, UkiError> 
         .map(|s| u64::from(s.virtual_address) + u64::from(s.virtual_size.max(s.raw_size)))
         .max()
         .unwrap_or(0);
-    let mut initialized = u64::from(u32_le(&out, h.opt + SIZE_OF_INITIALIZED_DATA));
+    let mut initialized = u64::from(
+        u32_at(
+            stub,
+            h.opt + SIZE_OF_INITIALIZED_DATA,
+            "SizeOfInitializedData",
+        )
+        .map_err(pe("stub"))?,
+    );
     for (i, (name, data)) in added.iter().enumerate() {
         va = align(va, h.section_alignment);
         let raw_ptr = align(out.len() as u64, h.file_alignment);
@@ -181,10 +188,6 @@ pub fn assemble(stub: &[u8], parts: &UkiParts<'_>) -> Result<Vec<u8>, UkiError> 
     let sum = checksum(&out, h.opt + CHECKSUM);
     put(&mut out, h.opt + CHECKSUM, &sum.to_le_bytes());
     Ok(out)
-}
-
-fn u32_le(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn put(out: &mut [u8], at: usize, bytes: &[u8]) {

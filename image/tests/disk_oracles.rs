@@ -4,7 +4,7 @@
 //! (the GCE archive). They run on the image `./scripts/test` built (`CVM_TEST_IMAGE`).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use cvm_image::export::{self, Format};
@@ -13,13 +13,8 @@ use cvm_image::measure::uki::pcr11;
 use cvm_image::uki::measured_sections;
 use sha2::{Digest as _, Sha256};
 
-fn test_image() -> Option<PathBuf> {
-    let dir = std::env::var_os("CVM_TEST_IMAGE").map(PathBuf::from);
-    if dir.is_none() {
-        eprintln!("skipped: set CVM_TEST_IMAGE to an image folder (./scripts/test does)");
-    }
-    dir
-}
+mod common;
+use common::test_image;
 
 fn manifest(image: &Path) -> cvm_image::Manifest {
     serde_json::from_slice(&std::fs::read(image.join("manifest.json")).unwrap()).unwrap()

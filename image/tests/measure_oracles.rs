@@ -3,21 +3,15 @@
 //! `systemd-measure calculate` for PCR 11. Both run on every `./scripts/test`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cvm_image::measure::authenticode::authenticode;
 use cvm_image::measure::uki::pcr11;
 use sha2::{Digest as _, Sha256};
 
-/// The image the test suite built (`./scripts/test` sets `CVM_TEST_IMAGE`).
-fn test_image() -> Option<PathBuf> {
-    let dir = std::env::var_os("CVM_TEST_IMAGE").map(PathBuf::from);
-    if dir.is_none() {
-        eprintln!("skipped: set CVM_TEST_IMAGE to an image folder (./scripts/test does)");
-    }
-    dir
-}
+mod common;
+use common::test_image;
 
 fn pesign_hash(path: &Path) -> String {
     let out = Command::new("pesign")

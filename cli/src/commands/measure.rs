@@ -314,7 +314,8 @@ pub fn qemu_reference(args: &MeasureArgs) -> anyhow::Result<QemuReference> {
             args.image.join(&uki.artifact.file).display()
         );
         let boot = qemu::uki_events(&bytes)?;
-        qemu::uki_reference(&bytes, cvm_files(&boot.initrd).as_ref())?
+        let files = cvm_files(&boot.initrd);
+        qemu::uki_reference(boot, files.as_ref())?
     } else {
         let (kernel, initrd, cmdline) = boot_inputs(args)?;
         let files = initrd.as_deref().and_then(cvm_files);

@@ -148,6 +148,29 @@ pub fn replay(events: &[PredictedEvent]) -> [u8; 32] {
     pcr
 }
 
+/// The value of every PCR `events` touch, and of the runtime PCR when PID1's
+/// `runtime_events` are predicted.
+fn pcr_values(
+    events: &[PredictedEvent],
+    runtime_events: &[PredictedEvent],
+) -> std::collections::BTreeMap<u32, String> {
+    let mut pcrs = std::collections::BTreeMap::new();
+    for e in events {
+        pcrs.entry(e.pcr).or_insert_with(|| {
+            let of: Vec<PredictedEvent> =
+                events.iter().filter(|x| x.pcr == e.pcr).cloned().collect();
+            hex::encode(replay(&of))
+        });
+    }
+    if !runtime_events.is_empty() {
+        pcrs.insert(
+            super::runtime::RUNTIME_PCR,
+            hex::encode(replay(runtime_events)),
+        );
+    }
+    pcrs
+}
+
 /// The PCR 4 events of a direct boot.
 pub fn pcr4_events(boot: &DirectBoot<'_>) -> Result<Vec<PredictedEvent>, QemuBootError> {
     let kernel = authenticode::<Sha256>(&patched_kernel(boot)?)?;
@@ -266,6 +289,7 @@ pub fn uki_events(uki: &[u8]) -> Result<UkiBoot, QemuBootError> {
     }
     Ok(UkiBoot {
         events,
+        uki_sha256: hex::encode(Sha256::digest(uki)),
         kernel_sha256: hex::encode(Sha256::digest(kernel)),
         initrd: initrd.to_vec(),
         cmdline,
@@ -277,6 +301,8 @@ pub fn uki_events(uki: &[u8]) -> Result<UkiBoot, QemuBootError> {
 pub struct UkiBoot {
     /// PCR 4, 9 and 11 events, in log order per PCR.
     pub events: Vec<PredictedEvent>,
+    /// sha256 of the UKI.
+    pub uki_sha256: String,
     /// sha256 of the `.linux` section.
     pub kernel_sha256: String,
     /// The `.initrd` section.
@@ -285,41 +311,24 @@ pub struct UkiBoot {
     pub cmdline: String,
 }
 
-/// Reference values of the UEFI disk boot of `uki`; `initramfs_files` are its initrd's
-/// files when that is a cvm initramfs (PCR 15 is then predicted too).
+/// Reference values of the UEFI disk boot [`uki_events`] describes; `initramfs_files`
+/// are its initrd's files when that is a cvm initramfs (PCR 15 is then predicted too).
 pub fn uki_reference(
-    uki: &[u8],
+    boot: UkiBoot,
     initramfs_files: Option<&std::collections::BTreeMap<String, Vec<u8>>>,
 ) -> Result<QemuReference, QemuReferenceError> {
-    let boot = uki_events(uki)?;
     let runtime_events = match initramfs_files {
         Some(files) => super::runtime::boot_events(files, &boot.cmdline)?,
         None => Vec::new(),
     };
-    let mut pcrs = std::collections::BTreeMap::new();
-    for pcr in [4, 9, 11] {
-        let of: Vec<PredictedEvent> = boot
-            .events
-            .iter()
-            .filter(|e| e.pcr == pcr)
-            .cloned()
-            .collect();
-        pcrs.insert(pcr, hex::encode(replay(&of)));
-    }
-    if !runtime_events.is_empty() {
-        pcrs.insert(
-            super::runtime::RUNTIME_PCR,
-            hex::encode(replay(&runtime_events)),
-        );
-    }
     Ok(QemuReference {
         platform: "qemu".into(),
-        pcrs,
+        pcrs: pcr_values(&boot.events, &runtime_events),
         events: boot.events,
         runtime_events,
         inputs: QemuInputs {
             boot: BootPath::UkiDisk,
-            uki_sha256: Some(hex::encode(Sha256::digest(uki))),
+            uki_sha256: Some(boot.uki_sha256),
             initdata_digest: None,
             kernel_sha256: boot.kernel_sha256,
             initrd_sha256: Some(hex::encode(Sha256::digest(&boot.initrd))),
@@ -397,20 +406,9 @@ pub fn reference(
         Some(files) => super::runtime::boot_events(files, boot.cmdline)?,
         None => Vec::new(),
     };
-    let mut pcrs = std::collections::BTreeMap::new();
-    for pcr in [4, 9] {
-        let of: Vec<PredictedEvent> = events.iter().filter(|e| e.pcr == pcr).cloned().collect();
-        pcrs.insert(pcr, hex::encode(replay(&of)));
-    }
-    if !runtime_events.is_empty() {
-        pcrs.insert(
-            super::runtime::RUNTIME_PCR,
-            hex::encode(replay(&runtime_events)),
-        );
-    }
     Ok(QemuReference {
         platform: "qemu".into(),
-        pcrs,
+        pcrs: pcr_values(&events, &runtime_events),
         events,
         runtime_events,
         inputs: QemuInputs {

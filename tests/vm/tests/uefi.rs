@@ -10,17 +10,8 @@
 
 use std::path::Path;
 
+use cvm_vm_tests::workload::{fails, ok};
 use cvm_vm_tests::{Broker, Guest, agent_get, cvm, enabled, image, json_ok};
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "command failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn layout(image: &Path) -> (u64, u64) {
     let m: serde_json::Value =
@@ -152,12 +143,7 @@ fn uefi_disk_boots_attests_and_keeps_its_state_on_its_own_partition() {
     let bad = dir.path().join("tampered.raw");
     std::fs::write(&bad, tampered).unwrap();
     let o = cvm(&["run", "--image", img, "--disk", bad.to_str().unwrap()]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("does not hold this image's boot partition"),
-        "{err}"
-    );
+    fails(&o, "does not hold this image's boot partition");
 }
 
 #[test]
@@ -177,8 +163,7 @@ fn exports_and_builds_refuse_bad_input_and_keep_what_exists() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown export format \"vmdk\""));
+    fails(&o, "unknown export format \"vmdk\"");
     assert!(!out.exists(), "an unknown format wrote something");
 
     let exported = json_ok(&cvm(&[
@@ -202,8 +187,7 @@ fn exports_and_builds_refuse_bad_input_and_keep_what_exists() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --force"));
+    fails(&o, "pass --force");
     assert_eq!(std::fs::read(&out).unwrap(), before);
     // No temporary files are left beside it.
     let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -226,13 +210,8 @@ fn exports_and_builds_refuse_bad_input_and_keep_what_exists() {
         "--out",
         target.to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("read the EFI stub /nonexistent/linuxx64.efi.stub"),
-        "{err}"
-    );
-    assert!(err.contains("systemd-boot-efi"), "{err}");
+    fails(&o, "read the EFI stub /nonexistent/linuxx64.efi.stub");
+    fails(&o, "systemd-boot-efi");
     assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"x");
     // An ESP too small for FAT32 is named.
     let o = cvm(&[
@@ -244,8 +223,6 @@ fn exports_and_builds_refuse_bad_input_and_keep_what_exists() {
         "--out",
         target.to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("16 MiB"), "{err}");
+    fails(&o, "16 MiB");
     assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"x");
 }
