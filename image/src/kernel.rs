@@ -25,7 +25,7 @@ pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// The source tarball that package installs.
 pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 /// Bump when the build recipe below changes, so stale cache entries are not reused.
-const RECIPE_VERSION: &str = "cvm-kernel-recipe-2";
+const RECIPE_VERSION: &str = "cvm-kernel-recipe-3";
 
 /// A kernel build or check failed.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,7 @@ pub fn build(cache_dir: &Path, jobs: usize) -> Result<Kernel, KernelError> {
         "extract source",
         Command::new("tar").args(["xf", SOURCE_TARBALL, "--strip-components=1"]),
     )?;
-    let env = build_env();
+    let env = build_env(&build);
     step(
         &log,
         &build,
@@ -241,9 +241,14 @@ pub fn build(cache_dir: &Path, jobs: usize) -> Result<Kernel, KernelError> {
 
 /// Fixed build identity, so the same inputs give the same kernel. The timestamp is a
 /// constant rather than `SOURCE_DATE_EPOCH`: the kernel is a function of the cache key
-/// alone, so a cached kernel and a fresh build of the same inputs are identical.
-fn build_env() -> Vec<(&'static str, String)> {
+/// alone, so a cached kernel and a fresh build of the same inputs are identical. The
+/// build folder is mapped to `.` in the debug information (DW_AT_comp_dir is absolute
+/// even in a tree built in place), which the linker's build id covers.
+fn build_env(build: &Path) -> Vec<(&'static str, String)> {
+    let prefix_map = format!("-fdebug-prefix-map={}=.", build.display());
     vec![
+        ("KCFLAGS", prefix_map.clone()),
+        ("KAFLAGS", prefix_map),
         ("KBUILD_BUILD_TIMESTAMP", "@0".to_owned()),
         ("KBUILD_BUILD_USER", "cvm".to_owned()),
         ("KBUILD_BUILD_HOST", "cvm".to_owned()),
