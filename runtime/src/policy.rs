@@ -13,7 +13,7 @@
 //! network:
 //!   connect: ["10.0.2.2:8443"]
 //!   bind: []
-//! http: {port: 8080}         # serve wasi:http; the agent proxies to it
+//! http: {port: 8080, concurrency: 16}  # serve wasi:http; the agent proxies to it
 //! limits: {memory_mib: 64, fuel: 1000000000, wall_ms: 0}
 //! require: {landlock_abi: 6} # refuse to start on a kernel older than this
 //! ```
@@ -74,12 +74,28 @@ pub struct Network {
     pub bind: Vec<SocketAddr>,
 }
 
+/// Most requests one workload serves at once (and the runtime's instance pool size).
+pub const MAX_CONCURRENCY: u32 = 16;
+const _: () = assert!(
+    MAX_CONCURRENCY == 16,
+    "update the http.concurrency error message"
+);
+
 /// Serving `wasi:http`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// The guest port the agent proxies to the component.
     pub port: u16,
+    /// Requests served at once, 1 to [`MAX_CONCURRENCY`] (the default); others wait.
+    /// 1 serialises them, for a component that keeps its state in files without
+    /// coordinating its instances.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+}
+
+fn default_concurrency() -> u32 {
+    MAX_CONCURRENCY
 }
 
 /// Resource limits.
@@ -240,6 +256,11 @@ impl WorkloadPolicy {
         {
             return Err(invalid("http.port", "must be 1-65535"));
         }
+        if let Some(h) = &self.http
+            && !(1..=MAX_CONCURRENCY).contains(&h.concurrency)
+        {
+            return Err(invalid("http.concurrency", "must be 1-16"));
+        }
         if self.limits.memory_mib == 0 || self.limits.memory_mib > 4096 {
             return Err(invalid("limits.memory_mib", "must be 1-4096"));
         }
@@ -301,6 +322,8 @@ limits: {memory_mib: 32, fuel: 1000000}
             ("network: {connect: [\"example.com:80\"]}", "does not parse"),
             ("limits: {memory_mib: 0}", "limits.memory_mib"),
             ("http: {port: 0}", "http.port"),
+            ("http: {port: 80, concurrency: 0}", "http.concurrency"),
+            ("http: {port: 80, concurrency: 17}", "http.concurrency"),
             ("env: {\"A=B\": x}", "env.A=B"),
             ("capabilities: [everything]", "does not parse"),
         ] {

@@ -14,8 +14,8 @@ use crate::capabilities::{ComponentCtx, P1Ctx};
 use crate::limits::{Limits, Ticker};
 use crate::status::Status;
 
-/// Requests one workload process serves at once; also the instance pool's size.
-pub const MAX_CONCURRENT: u32 = 16;
+/// Requests one workload process serves at once at most; also the instance pool's size.
+pub const MAX_CONCURRENT: u32 = cvm_runtime::policy::MAX_CONCURRENCY;
 
 /// What the Wasm turned out to be, ready to instantiate.
 pub enum Program {

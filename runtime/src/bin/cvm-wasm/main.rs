@@ -96,7 +96,8 @@ async fn start(spec: &LaunchSpec, status: &Status) -> wasmtime::Result<i32> {
                     "the policy has `http` but cvm-wasm was started without --http"
                 )
             })?;
-            serve::serve(engine, pre, caps, bound, status).await?;
+            let concurrency = policy.http.as_ref().map_or(1, |h| h.concurrency);
+            serve::serve(engine, pre, caps, bound, status, concurrency).await?;
             Ok(0)
         }
         engine::Program::Command(pre) => {

@@ -65,13 +65,14 @@ pub async fn serve(
     caps: Capabilities,
     bound: Bound,
     status: &Status,
+    concurrency: u32,
 ) -> wasmtime::Result<()> {
     let server = Arc::new(Server {
         engine,
         pre,
         caps,
         status: status.clone(),
-        slots: Semaphore::new(MAX_CONCURRENT as usize),
+        slots: Semaphore::new(concurrency.clamp(1, MAX_CONCURRENT) as usize),
     });
     match bound {
         Bound::Tcp(l) => {
