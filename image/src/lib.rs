@@ -7,9 +7,10 @@
 //! Inputs: a kernel (built from Debian's source with `kernel-config/`, cached, or a
 //! prebuilt bzImage), the `cvm-init` and `cvm-agent` binaries, PID1's configuration,
 //! `SOURCE_DATE_EPOCH`. Output: a folder with `bzImage`, `initramfs.cpio.zst`,
-//! `cmdline` and `manifest.json`.
+//! `cmdline`, `measurements.json` and `manifest.json`.
 //!
-//! It also computes launch measurements offline ([`measure`]): the SEV-SNP launch digest.
+//! It also computes launch measurements offline ([`measure`]: vTPM PCRs, the SEV-SNP
+//! launch digest, TDX MRTD), which every build records per target ([`measurements`]).
 //!
 //! For UEFI boots (a disk under QEMU, Azure, GCP) it also assembles a unified kernel
 //! image ([`uki`]) and a GPT disk holding it ([`disk`]), which [`export`] turns into
@@ -24,6 +25,7 @@ pub mod kernel;
 pub mod libs;
 pub mod manifest;
 pub mod measure;
+pub mod measurements;
 pub mod pe;
 pub mod uki;
 
@@ -109,6 +111,8 @@ pub mod files {
     pub const UKI: &str = "uki.efi";
     /// The GPT disk with the UKI on its EFI system partition.
     pub const DISK: &str = "disk.raw";
+    /// The reference values of every target.
+    pub const MEASUREMENTS: &str = "measurements.json";
 }
 
 /// The UEFI boot artifacts to build besides the direct-boot ones.
@@ -118,6 +122,8 @@ pub struct UkiSpec {
     pub stub: PathBuf,
     /// The disk's partition sizes.
     pub layout: disk::DiskLayout,
+    /// Sign the UKI for Secure Boot with this key.
+    pub signing: Option<uki::Signing>,
 }
 
 /// The os-release embedded in the UKI (`.osrel`): what the appliance is, for the stub
@@ -153,6 +159,8 @@ pub struct ImageSpec {
     pub state_tools: bool,
     /// Also build the UKI and the disk.
     pub uki: Option<UkiSpec>,
+    /// The firmware the SNP and TDX reference values are computed with.
+    pub targets: measurements::TargetFirmware,
 }
 
 /// An image could not be built.
@@ -206,6 +214,12 @@ pub enum ImageError {
     /// The disk could not be written.
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
+    /// The initramfs just built does not unpack (a bug, not an input error).
+    #[error("the initramfs just built does not unpack")]
+    Initramfs(#[source] InitramfsError),
+    /// The reference values could not be computed.
+    #[error(transparent)]
+    Measurements(#[from] measurements::MeasurementsError),
     /// Writing the output failed.
     #[error("write image {path} failed")]
     Output {
@@ -354,8 +368,8 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
         size: bytes.len() as u64,
         sha256: sha256_hex(bytes),
     };
-    let uki = match &stub {
-        Some(stub) => {
+    let uki = match (&stub, &spec.uki) {
+        (Some(stub), Some(uki_spec)) => {
             let release = uki::kernel_release(&kernel);
             let bytes = uki::assemble(
                 stub,
@@ -367,9 +381,33 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
                     uname: release.as_deref(),
                 },
             )?;
+            let bytes = match &uki_spec.signing {
+                Some(signing) => uki::sign(&bytes, signing, spec.source_date_epoch)?,
+                None => bytes,
+            };
             Some((bytes, sha256_hex(stub)))
         }
+        _ => None,
+    };
+    let signing_cert_sha256 = match spec.uki.as_ref().and_then(|u| u.signing.as_ref()) {
+        Some(signing) => Some(sha256_hex(&read_input(
+            "signing certificate",
+            &signing.cert,
+        )?)),
         None => None,
+    };
+    let measurements_json = {
+        let unpacked = crate::initramfs_files(&initramfs).map_err(ImageError::Initramfs)?;
+        let inputs = measurements::ImageInputs {
+            kernel: &kernel,
+            initramfs: &initramfs,
+            initramfs_files: &unpacked,
+            cmdline: &spec.cmdline,
+            uki: uki.as_ref().map(|(bytes, _)| bytes.as_slice()),
+            qemu_firmware: spec.firmware.as_ref(),
+        };
+        let m = measurements::compute(&inputs, &spec.targets)?;
+        json_file(&m, &out.join(files::MEASUREMENTS))?
     };
     let mut manifest = Manifest {
         schema: manifest::MANIFEST_SCHEMA,
@@ -389,8 +427,10 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
                 stub_sha256: stub_sha256.clone(),
                 osrel: os_release(),
                 uname: uki::kernel_release(&kernel),
+                signing_cert_sha256: signing_cert_sha256.clone(),
             }),
         disk: None,
+        measurements: Some(artifact(files::MEASUREMENTS, &measurements_json)),
     };
 
     let staging = Staging::new(out)?;
@@ -416,16 +456,22 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<Manifest, ImageError> {
             info,
         });
     }
-    let mut manifest_json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::Output {
-            path: out.join(files::MANIFEST),
-            source: std::io::Error::other(e),
-        })?;
-    manifest_json.push(b'\n');
+    entries.push((files::MEASUREMENTS, &measurements_json));
+    let manifest_json = json_file(&manifest, &out.join(files::MANIFEST))?;
     entries.push((files::MANIFEST, &manifest_json));
     staging.write(&entries)?;
     staging.swap_in()?;
     Ok(manifest)
+}
+
+/// Pretty JSON with a final newline, for a file of the image folder at `path`.
+fn json_file<T: serde::Serialize>(value: &T, path: &Path) -> Result<Vec<u8>, ImageError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| ImageError::Output {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// The identity of an image: the SHA-256 of its `manifest.json`, which lists every

@@ -36,6 +36,9 @@ pub struct Manifest {
     /// The GPT disk holding the UKI, when the build made one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskArtifact>,
+    /// The reference values of every target (`measurements.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<Artifact>,
 }
 
 /// The UKI and what went into it besides the kernel, initramfs and command line.
@@ -51,6 +54,9 @@ pub struct UkiArtifact {
     pub osrel: String,
     /// Its `.uname` section, when the kernel states its release.
     pub uname: Option<String>,
+    /// sha256 of the certificate file whose key signed it for Secure Boot, if signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_cert_sha256: Option<String>,
 }
 
 /// The disk and its layout.

@@ -127,3 +127,75 @@ fn uki_pcr11_matches_systemd_measure() {
     h.update(Sha256::digest(b"enter-initrd"));
     assert_eq!(hex::encode(h.finalize()), theirs);
 }
+
+fn throwaway_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (key, cert) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pem")),
+    );
+    let o = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    (key, cert)
+}
+
+fn sbverify(cert: &Path, efi: &Path) -> bool {
+    Command::new("sbverify")
+        .arg("--cert")
+        .arg(cert)
+        .arg(efi)
+        .output()
+        .expect("sbverify (sbsigntool, ./scripts/setup)")
+        .status
+        .success()
+}
+
+#[test]
+fn signed_uki_verifies_is_reproducible_and_measures_as_unsigned() {
+    use cvm_image::uki::{Signing, sign};
+    let Some(image) = test_image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let unsigned = std::fs::read(image.join("uki.efi")).unwrap();
+    let (key, cert) = throwaway_cert(dir.path(), "db");
+    let (_, other) = throwaway_cert(dir.path(), "other");
+    let signing = Signing {
+        key: key.clone(),
+        cert: cert.clone(),
+    };
+    let signed = sign(&unsigned, &signing, 1_700_000_000).unwrap();
+    assert_eq!(signed, sign(&unsigned, &signing, 1_700_000_000).unwrap());
+    let path = dir.path().join("signed.efi");
+    std::fs::write(&path, &signed).unwrap();
+    assert!(sbverify(&cert, &path));
+    // Twins: another certificate, and a signed UKI with one byte of the kernel changed.
+    assert!(!sbverify(&other, &path));
+    let mut tampered = signed.clone();
+    let at = signed.len() / 2;
+    tampered[at] ^= 1;
+    let tampered_path = dir.path().join("tampered.efi");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    assert!(!sbverify(&cert, &tampered_path));
+    // What the firmware and the stub measure does not include the signature.
+    assert_eq!(pesign_hash(&path), pesign_hash(&image.join("uki.efi")));
+    let (a, b) = (
+        cvm_image::measure::qemu::uki_events(&unsigned).unwrap(),
+        cvm_image::measure::qemu::uki_events(&signed).unwrap(),
+    );
+    assert_eq!(a.events, b.events);
+    // A missing key is named.
+    let missing = Signing {
+        key: dir.path().join("nope.key"),
+        cert,
+    };
+    let err = sign(&unsigned, &missing, 0).unwrap_err().to_string();
+    assert!(err.contains("nope.key"), "{err}");
+}

@@ -96,10 +96,25 @@ enum ResourceCommand {
 
 #[derive(Debug, clap::Subcommand)]
 enum ReferenceCommand {
-    /// Register the reference values in FILE under NAME (replacing a previous NAME).
+    /// Register the reference values in FILE, or those an image recorded for one target,
+    /// under NAME (replacing a previous NAME).
     Import {
         /// `cvm measure --json` output.
-        file: PathBuf,
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        file: Option<PathBuf>,
+        /// Or the image folder whose measurements.json (checked against its manifest)
+        /// holds the values.
+        #[arg(long, value_name = "DIR", requires = "target")]
+        image: Option<PathBuf>,
+        /// With --image: qemu, qemu-disk, snp or tdx.
+        #[arg(long, value_parser = super::measure::RECORDED_TARGETS)]
+        target: Option<String>,
+        /// With --image --target snp: the VM's vCPUs.
+        #[arg(long, default_value_t = 2)]
+        vcpus: u32,
+        /// With --image --target snp: the VM's vCPU model.
+        #[arg(long, default_value = "EPYC-v4")]
+        vcpu_type: cvm_image::measure::snp::CpuType,
         /// Its name (one per accepted build).
         #[arg(long)]
         name: String,
@@ -283,9 +298,28 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             }
         },
         BrokerCommand::Reference { command } => match command {
-            ReferenceCommand::Import { file, name, admin } => {
-                let values: Value = serde_json::from_slice(&read_file("reference values", &file)?)
-                    .with_context(|| format!("{} is not JSON", file.display()))?;
+            ReferenceCommand::Import {
+                file,
+                image,
+                target,
+                vcpus,
+                vcpu_type,
+                name,
+                admin,
+            } => {
+                let values: Value = match (file, image, target) {
+                    (Some(file), _, _) => {
+                        serde_json::from_slice(&read_file("reference values", &file)?)
+                            .with_context(|| format!("{} is not JSON", file.display()))?
+                    }
+                    (None, Some(image), Some(target)) => {
+                        let (identity, values) =
+                            super::measure::recorded_reference(&image, &target, vcpus, vcpu_type)?;
+                        eprintln!("{target} reference values of image {identity}");
+                        values
+                    }
+                    _ => anyhow::bail!("give a FILE, or --image DIR with --target"),
+                };
                 Admin::connect(&admin)?.import_reference(&name, &values)?;
                 eprintln!("reference values {name} registered");
                 Ok(())

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use cvm_image::disk::DiskLayout;
+use cvm_image::measurements::{PinnedImage, TargetFirmware};
 use cvm_image::{DEFAULT_CMDLINE, FirmwareInfo, ImageSpec, UkiSpec, kernel};
+use cvm_ovmf::pinned::{self, FetchOptions, PinnedFirmware};
 
 use crate::paths;
 
@@ -54,9 +56,55 @@ pub struct BuildArgs {
     /// no disk.
     #[arg(long)]
     pub no_uki: bool,
+    /// Sign the UKI for Secure Boot with this private key (PEM); needs --sign-cert. The
+    /// signing time is SOURCE_DATE_EPOCH, so the signed UKI is reproducible too.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "sign_cert",
+        conflicts_with = "no_uki"
+    )]
+    pub sign_key: Option<PathBuf>,
+    /// The certificate of --sign-key (PEM): the one enrolled in the firmware's db, or
+    /// one issued under it.
+    #[arg(long, value_name = "PEM", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
+    /// Folders with local copies of the pinned SNP and TDX firmware packages, whose
+    /// launch measurements go into measurements.json [default: $CVM_FIRMWARE_DEBS,
+    /// ../shared/firmware; then the cache, then Debian].
+    #[arg(long, value_name = "DIR")]
+    pub debs: Vec<PathBuf>,
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The pinned SNP and TDX firmware: the hardware targets' launch measurements include it.
+fn target_firmware(debs: &[PathBuf]) -> anyhow::Result<TargetFirmware> {
+    let opts = FetchOptions {
+        download: true,
+        local_dirs: super::firmware::local_dirs(debs),
+    };
+    let get = |fw: &PinnedFirmware, target: &str| -> anyhow::Result<PinnedImage> {
+        let path = pinned::fetch(fw, &paths::cache_dir(), &opts).with_context(|| {
+            format!(
+                "the {target} reference values need {} {} (pass --debs DIR with a copy of the package)",
+                fw.package, fw.version
+            )
+        })?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("read firmware {}", path.display()))?;
+        Ok(PinnedImage {
+            package: fw.package.to_owned(),
+            version: fw.version.to_owned(),
+            file: fw.file_name().to_owned(),
+            bytes,
+        })
+    };
+    Ok(TargetFirmware {
+        snp: Some(get(&pinned::AMDSEV, "snp")?),
+        tdx: Some(get(&pinned::INTELTDX, "tdx")?),
+    })
 }
 
 /// `SOURCE_DATE_EPOCH`, or 0 so that a build without it is still deterministic.
@@ -73,6 +121,8 @@ pub fn source_date_epoch() -> anyhow::Result<u64> {
 /// Run `cvm build`.
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let epoch = source_date_epoch()?;
+    // Before the kernel build: a missing firmware should not cost one.
+    let targets = target_firmware(&args.debs)?;
     let kernel = match &args.kernel {
         Some(path) => kernel::prebuilt(path)?,
         None => {
@@ -114,7 +164,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
                 esp_mib: args.esp_size,
                 state_mib: args.state_size,
             },
+            signing: args
+                .sign_key
+                .clone()
+                .zip(args.sign_cert.clone())
+                .map(|(key, cert)| cvm_image::uki::Signing { key, cert }),
         }),
+        targets,
     };
     for (what, path, flag) in [
         ("PID1", &spec.init, "init"),
@@ -144,6 +200,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let mut artifacts = vec![&manifest.kernel, &manifest.initramfs, &manifest.cmdline];
     artifacts.extend(manifest.uki.as_ref().map(|u| &u.artifact));
     artifacts.extend(manifest.disk.as_ref().map(|d| &d.artifact));
+    artifacts.extend(manifest.measurements.as_ref());
     for a in artifacts {
         println!("{:<20} {:>10} bytes  sha256 {}", a.file, a.size, a.sha256);
     }

@@ -162,6 +162,84 @@ fn firmware(
     Ok((path, bytes))
 }
 
+/// The targets of `measurements.json` the broker can appraise evidence against.
+pub const RECORDED_TARGETS: [&str; 4] = ["qemu", "qemu-disk", "snp", "tdx"];
+
+/// The reference document (as `cvm measure --json` prints it) that the image folder's
+/// `measurements.json` records for `target`, and the image identity. The file must be
+/// the one the manifest lists: reference values are never taken from a file that does
+/// not match the image they claim to describe.
+pub fn recorded_reference(
+    image: &std::path::Path,
+    target: &str,
+    vcpus: u32,
+    cpu: CpuType,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    use cvm_image::measurements::Measurements;
+    let manifest_path = image.join(cvm_image::files::MANIFEST);
+    let identity = cvm_image::identity(&read("image manifest", &manifest_path)?);
+    let m = super::read_manifest(image)?;
+    let listed = m.measurements.as_ref().with_context(|| {
+        format!(
+            "image {} has no measurements.json (built by an older cvm): rebuild it",
+            image.display()
+        )
+    })?;
+    let path = image.join(&listed.file);
+    let bytes = read("reference values", &path)?;
+    let actual = cvm_image::sha256_hex(&bytes);
+    anyhow::ensure!(
+        actual == listed.sha256,
+        "{} has sha256 {actual}, not the {} the image's manifest lists: refusing its reference values",
+        path.display(),
+        listed.sha256
+    );
+    let doc: Measurements = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is malformed", path.display()))?;
+    let missing = || anyhow::anyhow!("{} has no {target} target", path.display());
+    let values = match target {
+        "qemu" => serde_json::to_value(&doc.qemu.reference)?,
+        "qemu-disk" => serde_json::to_value(&doc.qemu_disk.ok_or_else(missing)?.reference)?,
+        "snp" => {
+            let snp = doc.snp.ok_or_else(missing)?;
+            let shape = cpu.to_string();
+            let d = snp
+                .launch_digests
+                .iter()
+                .find(|d| d.vcpus == vcpus && d.vcpu_type == shape)
+                .with_context(|| {
+                    format!(
+                        "{} has no SNP launch digest for {vcpus} vCPUs of {shape}: \
+                         compute it with `cvm measure --platform snp --vcpus {vcpus} --vcpu-type {shape}`",
+                        path.display()
+                    )
+                })?;
+            serde_json::json!({
+                "platform": "snp",
+                "measurement": d.measurement,
+                "vcpus": vcpus,
+                "vcpu_type": shape,
+                "guest_features": snp.guest_features,
+                "ovmf_sha256": snp.firmware.sha256,
+            })
+        }
+        "tdx" => {
+            let tdx = doc.tdx.ok_or_else(missing)?;
+            serde_json::json!({
+                "platform": "tdx",
+                "mrtd": tdx.mrtd,
+                "page_order": tdx.page_order,
+                "ovmf_sha256": tdx.firmware.sha256,
+            })
+        }
+        other => anyhow::bail!(
+            "unknown target {other:?}; known: {}",
+            RECORDED_TARGETS.join(", ")
+        ),
+    };
+    Ok((identity, values))
+}
+
 /// Run `cvm measure`.
 pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
     match args.platform.as_str() {

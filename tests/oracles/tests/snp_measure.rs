@@ -229,3 +229,53 @@ fn bad_inputs_are_named() {
         .unwrap()
     );
 }
+
+/// The image the test suite built (`./scripts/test` sets `CVM_TEST_IMAGE`) and its
+/// recorded reference values, after checking them against its manifest.
+fn recorded() -> Option<(PathBuf, cvm_image::measurements::Measurements)> {
+    let Some(image) = std::env::var_os("CVM_TEST_IMAGE").map(PathBuf::from) else {
+        eprintln!("skipped: set CVM_TEST_IMAGE to an image folder (./scripts/test does)");
+        return None;
+    };
+    let manifest: cvm_image::Manifest =
+        serde_json::from_slice(&fs::read(image.join("manifest.json")).unwrap()).unwrap();
+    let bytes = fs::read(image.join("measurements.json")).unwrap();
+    assert_eq!(
+        manifest.measurements.unwrap().sha256,
+        cvm_image::sha256_hex(&bytes)
+    );
+    Some((image, serde_json::from_slice(&bytes).unwrap()))
+}
+
+#[test]
+fn every_recorded_launch_digest_matches_the_sev_crate() {
+    let Some((image, recorded)) = recorded() else {
+        return;
+    };
+    let snp = recorded.snp.expect("the build records the snp target");
+    let cache = tempfile::tempdir().unwrap();
+    let fw = pinned_amdsev(cache.path());
+    assert_eq!(snp.firmware.sha256, AMDSEV.sha256);
+    assert_eq!(snp.guest_features, "0x1");
+    let cmdline = fs::read_to_string(image.join("cmdline")).unwrap();
+    let (kernel, initrd) = (image.join("bzImage"), image.join("initramfs.cpio.zst"));
+    let k = Some((kernel.as_path(), initrd.as_path(), cmdline.as_str()));
+    assert_eq!(snp.launch_digests.len(), 21);
+    for d in &snp.launch_digests {
+        assert_eq!(
+            d.measurement,
+            oracle(&fw, d.vcpus, &d.vcpu_type, 1, VmmType::Qemu, k),
+            "{} vCPUs of {}",
+            d.vcpus,
+            d.vcpu_type
+        );
+    }
+    let mut distinct: Vec<&str> = snp
+        .launch_digests
+        .iter()
+        .map(|d| d.measurement.as_str())
+        .collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 21, "every shape has its own digest");
+}

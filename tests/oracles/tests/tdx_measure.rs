@@ -71,3 +71,21 @@ fn mrtd_depends_on_measured_bytes_only() {
         Err(TdxMeasureError::Metadata(_))
     ));
 }
+
+#[test]
+fn the_recorded_mrtd_matches_the_python_oracle() {
+    let Some(image) = std::env::var_os("CVM_TEST_IMAGE").map(PathBuf::from) else {
+        eprintln!("skipped: set CVM_TEST_IMAGE to an image folder (./scripts/test does)");
+        return;
+    };
+    let recorded: cvm_image::measurements::Measurements =
+        serde_json::from_slice(&std::fs::read(image.join("measurements.json")).unwrap()).unwrap();
+    let tdx = recorded.tdx.expect("the build records the tdx target");
+    assert_eq!(tdx.firmware.sha256, INTELTDX.sha256);
+    let cache = tempfile::tempdir().unwrap();
+    assert_eq!(tdx.mrtd, python(&pinned(&INTELTDX, cache.path()), "single"));
+    assert_eq!(
+        tdx.not_modelled.keys().collect::<Vec<_>>(),
+        ["rtmr0", "rtmr1", "rtmr2"]
+    );
+}

@@ -97,6 +97,16 @@ fn quote_matches_the_offline_prediction_and_twins_are_named() {
             "PCR {pcr} differs from the prediction"
         );
     }
+    // The values the build recorded in measurements.json are the quoted ones too.
+    let recorded: Value =
+        serde_json::from_slice(&std::fs::read(image().join("measurements.json")).unwrap()).unwrap();
+    for pcr in [4, 9, 15] {
+        assert_eq!(
+            report["pcrs"][pcr],
+            recorded["qemu"]["reference"]["pcrs"][pcr.to_string()],
+            "PCR {pcr} differs from measurements.json"
+        );
+    }
 
     // The twin's prediction disagrees with the quote, and the report says which PCR
     // and which event.

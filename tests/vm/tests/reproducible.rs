@@ -23,7 +23,15 @@ fn image_build_is_reproducible() {
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    for file in ["initramfs.cpio.zst", "manifest.json", "cmdline", "bzImage"] {
+    for file in [
+        "initramfs.cpio.zst",
+        "manifest.json",
+        "cmdline",
+        "bzImage",
+        "uki.efi",
+        "disk.raw",
+        "measurements.json",
+    ] {
         let a = fs::read(outs[0].join(file)).unwrap();
         let b = fs::read(outs[1].join(file)).unwrap();
         assert!(

@@ -61,6 +61,19 @@ fn uefi_disk_boots_attests_and_keeps_its_state_on_its_own_partition() {
         );
     }
     assert_eq!(reference["inputs"]["boot"], "uki-disk");
+    // measurements.json recorded the same values for this boot and for the clouds'
+    // (the vTPM confirms them below, through the broker and `cvm attest`).
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image().join("measurements.json")).unwrap()).unwrap();
+    for target in [
+        &recorded["qemu_disk"]["reference"],
+        &recorded["azure"],
+        &recorded["gcp"],
+    ] {
+        for pcr in ["4", "9", "11", "15"] {
+            assert_eq!(target["pcrs"][pcr], reference["pcrs"][pcr], "PCR {pcr}");
+        }
+    }
     let file = dir.path().join("reference.json");
     std::fs::write(&file, reference.to_string()).unwrap();
     ok(&broker.admin(&[
