@@ -1,0 +1,382 @@
+//! The records on disk, changed only through a write-ahead entry, so that a crash or a
+//! power-off at any point loses no acknowledged change and leaves no half-applied one.
+//!
+//! Layout under the root (the workload's `/data`, on the appliance's encrypted volume):
+//! - `head.json` — `{version, next_badge, audit_len}`: the last applied change, the next
+//!   badge number, and the length of the audit trail that change left.
+//! - `badges/B000001.json` — one file per badge, its current record.
+//! - `employees/E000042` — the id of the employee's open (pending or approved) badge.
+//! - `audit.jsonl` — the audit trail: one line per change, with the records it wrote.
+//! - `pending.json` — the change being applied, present only until it is.
+//!
+//! A change is committed in this order: `pending.json` is written in full and renamed
+//! into place (the commit point); the audit trail is cut back to `audit_len` (dropping
+//! whatever a crashed attempt appended) and the entry appended; the badge and employee
+//! files are replaced; `head.json` is replaced; `pending.json` is removed. Every write is
+//! a new file synced and renamed over the old one. Any request first finishes a change
+//! left pending, so every step may be repeated.
+//!
+//! Concurrent changes are not coordinated here: the policy serves one request at a time
+//! (`http.concurrency: 1`).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::model::{Badge, Role, Status};
+
+/// What an audit entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// An employee requested a badge.
+    Request,
+    /// A manager approved it.
+    Approve,
+    /// A manager rejected it.
+    Reject,
+    /// Security revoked it.
+    Revoke,
+    /// Security imported badge records in bulk.
+    Import,
+}
+
+/// One change: a line of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// The version this change creates (1, 2, …).
+    pub seq: u64,
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// Who (`x-badge-actor`).
+    pub actor: String,
+    /// In which role.
+    pub role: Role,
+    /// What.
+    pub action: Action,
+    /// The records as the change left them.
+    pub badges: Vec<Badge>,
+    /// The next badge number after the change.
+    pub next_badge: u64,
+}
+
+/// `head.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Head {
+    /// The last applied change's `seq` (0: none).
+    pub version: u64,
+    /// The next badge number.
+    pub next_badge: u64,
+    /// Bytes of `audit.jsonl` that hold applied changes.
+    pub audit_len: u64,
+}
+
+/// The records could not be read or written.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError(format!("{what} {}: {e}", path.display()))
+}
+
+/// The records under one folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What `GET /state` reports: enough to compare two copies of the records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The last applied change.
+    pub version: u64,
+    /// Badges by status.
+    pub pending: u64,
+    /// Approved (active) badges.
+    pub approved: u64,
+    /// Rejected badges.
+    pub rejected: u64,
+    /// Revoked badges.
+    pub revoked: u64,
+    /// sha256 over every badge record (in id order) and the audit trail.
+    pub sha256: String,
+}
+
+impl Store {
+    /// The records under `root`, with any change a crash left pending finished.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self { root: root.into() };
+        for dir in ["badges", "employees"] {
+            let p = store.root.join(dir);
+            fs::create_dir_all(&p).map_err(|e| io("create", &p, e))?;
+        }
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The applied state's head.
+    pub fn head(&self) -> Result<Head, StoreError> {
+        let p = self.path("head.json");
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError(format!("{} is corrupt: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Head {
+                next_badge: 1,
+                ..Head::default()
+            }),
+            Err(e) => Err(io("read", &p, e)),
+        }
+    }
+
+    /// A badge by id.
+    pub fn badge(&self, id: &str) -> Result<Option<Badge>, StoreError> {
+        let p = self.path(&format!("badges/{id}.json"));
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError(format!("{} is corrupt: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &p, e)),
+        }
+    }
+
+    /// The id of the employee's open badge, if any.
+    pub fn open_badge_of(&self, employee_id: &str) -> Result<Option<String>, StoreError> {
+        let p = self.path(&format!("employees/{employee_id}"));
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &p, e)),
+        }
+    }
+
+    /// Badge ids in order, after `after`, at most `limit`.
+    pub fn ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let dir = self.path("badges");
+        let mut ids: Vec<String> = fs::read_dir(&dir)
+            .map_err(|e| io("list", &dir, e))?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".json").map(str::to_owned)
+            })
+            .filter(|id| crate::model::valid_badge_id(id))
+            .collect();
+        // Fixed-width numbers after the B, but wider ones sort by length first.
+        ids.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        Ok(ids
+            .into_iter()
+            .filter(|id| after.is_none_or(|a| (id.len(), id.as_str()) > (a.len(), a)))
+            .take(limit)
+            .collect())
+    }
+
+    /// Every badge, in id order.
+    pub fn all(&self) -> Result<Vec<Badge>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.ids(None, usize::MAX)? {
+            if let Some(b) = self.badge(&id)? {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The audit trail's entries after `after`, at most `limit`.
+    pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let head = self.head()?;
+        let bytes = self.audit_bytes(head.audit_len)?;
+        let mut out = Vec::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let e: Entry = serde_json::from_slice(line)
+                .map_err(|e| StoreError(format!("audit trail is corrupt: {e}")))?;
+            if e.seq > after {
+                out.push(e);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn audit_bytes(&self, len: u64) -> Result<Vec<u8>, StoreError> {
+        let p = self.path("audit.jsonl");
+        let mut bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("read", &p, e)),
+        };
+        if (bytes.len() as u64) < len {
+            return Err(StoreError(format!(
+                "audit trail {} is shorter ({} bytes) than its head says ({len})",
+                p.display(),
+                bytes.len()
+            )));
+        }
+        bytes.truncate(len as usize);
+        Ok(bytes)
+    }
+
+    /// Counts and a digest of the records and the audit trail.
+    pub fn summary(&self) -> Result<Summary, StoreError> {
+        let head = self.head()?;
+        let mut h = Sha256::new();
+        let mut s = Summary {
+            version: head.version,
+            pending: 0,
+            approved: 0,
+            rejected: 0,
+            revoked: 0,
+            sha256: String::new(),
+        };
+        for b in self.all()? {
+            match b.status {
+                Status::Pending => s.pending += 1,
+                Status::Approved => s.approved += 1,
+                Status::Rejected => s.rejected += 1,
+                Status::Revoked => s.revoked += 1,
+            }
+            let line = serde_json::to_vec(&b).map_err(|e| StoreError(e.to_string()))?;
+            h.update(&line);
+            h.update(b"\n");
+        }
+        h.update(self.audit_bytes(head.audit_len)?);
+        s.sha256 = hex(&h.finalize());
+        Ok(s)
+    }
+
+    /// Commit one change: durable when this returns.
+    pub fn commit(&self, mut entry: Entry) -> Result<Entry, StoreError> {
+        let head = self.head()?;
+        entry.seq = head.version + 1;
+        let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError(e.to_string()))?;
+        self.replace("pending.json", &bytes)?;
+        self.apply(&entry, head)?;
+        Ok(entry)
+    }
+
+    /// Finish a change a crash left pending.
+    fn recover(&self) -> Result<(), StoreError> {
+        let p = self.path("pending.json");
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("read", &p, e)),
+        };
+        let entry: Entry = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError(format!("{} is corrupt: {e}", p.display())))?;
+        let head = self.head()?;
+        if entry.seq == head.version + 1 {
+            self.apply(&entry, head)
+        } else if entry.seq <= head.version {
+            // Applied; only the removal was lost.
+            fs::remove_file(&p).map_err(|e| io("remove", &p, e))
+        } else {
+            Err(StoreError(format!(
+                "pending change {} does not follow version {}",
+                entry.seq, head.version
+            )))
+        }
+    }
+
+    fn apply(&self, entry: &Entry, head: Head) -> Result<(), StoreError> {
+        let audit = self.path("audit.jsonl");
+        let mut line = serde_json::to_vec(entry).map_err(|e| StoreError(e.to_string()))?;
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&audit)
+            .map_err(|e| io("open", &audit, e))?;
+        // Whatever a crashed attempt appended past the applied length goes.
+        f.set_len(head.audit_len)
+            .and_then(|()| {
+                use std::io::Seek as _;
+                f.seek(std::io::SeekFrom::End(0))?;
+                f.write_all(&line)?;
+                f.sync_all()
+            })
+            .map_err(|e| io("append to", &audit, e))?;
+        for b in &entry.badges {
+            let bytes = serde_json::to_vec(b).map_err(|e| StoreError(e.to_string()))?;
+            self.replace(&format!("badges/{}.json", b.id), &bytes)?;
+            let index = format!("employees/{}", b.employee_id);
+            if b.status.is_open() {
+                self.replace(&index, b.id.as_bytes())?;
+            } else if self.open_badge_of(&b.employee_id)?.as_deref() == Some(b.id.as_str()) {
+                let p = self.path(&index);
+                fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
+            }
+        }
+        let new_head = Head {
+            version: entry.seq,
+            next_badge: entry.next_badge,
+            audit_len: head.audit_len + line.len() as u64,
+        };
+        let bytes = serde_json::to_vec(&new_head).map_err(|e| StoreError(e.to_string()))?;
+        self.replace("head.json", &bytes)?;
+        let p = self.path("pending.json");
+        fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
+        self.sync_dir("")
+    }
+
+    /// Replace `name` with `bytes`: a new file, synced, renamed over the old one.
+    fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let p = self.path(name);
+        let tmp = self.path(&format!("{name}.tmp"));
+        fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()
+            })
+            .map_err(|e| io("write", &tmp, e))?;
+        fs::rename(&tmp, &p).map_err(|e| io("rename into", &p, e))?;
+        let parent = Path::new(name)
+            .parent()
+            .and_then(Path::to_str)
+            .unwrap_or("");
+        self.sync_dir(parent)
+    }
+
+    /// Make renames in a folder durable. Where the platform cannot sync a folder
+    /// (some WASI hosts), ext4's ordering of a rename after the synced data it names
+    /// still holds.
+    fn sync_dir(&self, name: &str) -> Result<(), StoreError> {
+        let p = self.root.join(name);
+        match fs::File::open(&p).and_then(|d| d.sync_all()) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Unsupported
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::IsADirectory
+                        | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io("sync", &p, e)),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,438 @@
+//! The service on the host: the API end to end on a real folder, every error it names,
+//! the sample data set, and recovery from a crash at each step of a commit.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use badge_request::api::{Context, Request, Response, handle};
+use badge_request::store::{Action, Entry, Store};
+use serde_json::{Value, json};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("badge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        sites: badge_request::sites(None),
+        now: 1_800_000_000,
+    }
+}
+
+fn call(root: &Path, method: &str, path: &str, who: (&str, &str), body: &Value) -> Response {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(body).unwrap()
+    };
+    handle(
+        root,
+        &ctx(),
+        &Request {
+            method,
+            path,
+            role: Some(who.0),
+            actor: Some(who.1),
+            body: &body,
+        },
+    )
+}
+
+const ADA: (&str, &str) = ("employee", "E000042");
+const BOSS: (&str, &str) = ("manager", "E000001");
+const SEC: (&str, &str) = ("security", "guard-7");
+
+fn request_ada(root: &Path) -> Response {
+    call(
+        root,
+        "POST",
+        "/badges",
+        ADA,
+        &json!({"employee_id": "E000042", "name": "Ada Lovelace", "site": "Zurich", "zones": ["lobby", "lab-2"]}),
+    )
+}
+
+fn error(r: &Response) -> &str {
+    r.body["error"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn request_approve_list_revoke_and_the_audit_trail() {
+    let d = Dir::new("flow");
+    let r = request_ada(&d.0);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["id"], "B000001");
+    assert_eq!(r.body["status"], "pending");
+
+    let r = call(&d.0, "POST", "/badges/B000001/approve", BOSS, &Value::Null);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "approved");
+    assert_eq!(r.body["decided_by"], "E000001");
+
+    let r = call(&d.0, "GET", "/badges?status=active", SEC, &Value::Null);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["badges"].as_array().unwrap().len(), 1);
+
+    let r = call(&d.0, "GET", "/badges/B000001", ADA, &Value::Null);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["name"], "Ada Lovelace");
+
+    let r = call(
+        &d.0,
+        "POST",
+        "/badges/B000001/revoke",
+        SEC,
+        &json!({"reason": "left the company"}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "revoked");
+    // Revoked: Ada may request again.
+    assert_eq!(request_ada(&d.0).status, 201);
+
+    let r = call(&d.0, "GET", "/audit", SEC, &Value::Null);
+    let entries = r.body["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["request", "approve", "revoke", "request"]);
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(entries[2]["actor"], "guard-7");
+    assert_eq!(entries[2]["badges"][0]["reason"], "left the company");
+    let r = call(&d.0, "GET", "/audit?after=3", SEC, &Value::Null);
+    assert_eq!(r.body["entries"].as_array().unwrap().len(), 1);
+
+    let r = call(&d.0, "GET", "/state", SEC, &Value::Null);
+    assert_eq!(r.body["version"], 4);
+    assert_eq!(r.body["revoked"], 1);
+    assert_eq!(r.body["pending"], 1);
+}
+
+#[test]
+fn every_bad_request_is_named() {
+    let d = Dir::new("errors");
+    assert_eq!(request_ada(&d.0).status, 201);
+    let no_role = handle(
+        &d.0,
+        &ctx(),
+        &Request {
+            method: "GET",
+            path: "/badges/B000001",
+            role: None,
+            actor: None,
+            body: b"",
+        },
+    );
+    let cases: Vec<(Response, u16, &str)> = vec![
+        (no_role, 400, "x-badge-role"),
+        (
+            call(&d.0, "GET", "/badges", ("root", "x"), &Value::Null),
+            400,
+            "\"root\"",
+        ),
+        (
+            call(&d.0, "GET", "/badges", ("manager", ""), &Value::Null),
+            400,
+            "x-badge-actor",
+        ),
+        (
+            call(
+                &d.0,
+                "POST",
+                "/badges",
+                ("employee", "E000043"),
+                &json!({"employee_id": "E000042", "name": "Eve", "site": "Bern", "zones": ["lobby"]}),
+            ),
+            403,
+            "themselves",
+        ),
+        (
+            call(
+                &d.0,
+                "POST",
+                "/badges",
+                SEC,
+                &json!({"employee_id": "E000099", "name": "Eve", "site": "Paris", "zones": ["lobby"]}),
+            ),
+            400,
+            "site \"Paris\"",
+        ),
+        (
+            call(
+                &d.0,
+                "POST",
+                "/badges",
+                SEC,
+                &json!({"employee_id": "E000099", "name": "Eve", "site": "Bern", "zones": ["lobby"], "admin": true}),
+            ),
+            400,
+            "admin",
+        ),
+        (request_ada(&d.0), 409, "already has badge B000001"),
+        (
+            call(
+                &d.0,
+                "POST",
+                "/badges/B000001/approve",
+                ("manager", "E000042"),
+                &Value::Null,
+            ),
+            403,
+            "own badge",
+        ),
+        (
+            call(&d.0, "POST", "/badges/B000001/approve", SEC, &Value::Null),
+            403,
+            "approving",
+        ),
+        (
+            call(
+                &d.0,
+                "POST",
+                "/badges/B000001/revoke",
+                SEC,
+                &json!({"reason": "x"}),
+            ),
+            409,
+            "is pending, not approved",
+        ),
+        (
+            call(
+                &d.0,
+                "POST",
+                "/badges/B000001/reject",
+                BOSS,
+                &json!({"reason": ""}),
+            ),
+            400,
+            "reason is empty",
+        ),
+        (
+            call(&d.0, "GET", "/badges/B000009", SEC, &Value::Null),
+            404,
+            "no badge B000009",
+        ),
+        (
+            call(&d.0, "GET", "/badges/..%2Fhead", SEC, &Value::Null),
+            404,
+            "no badge",
+        ),
+        (
+            call(
+                &d.0,
+                "GET",
+                "/badges/B000001",
+                ("employee", "E000043"),
+                &Value::Null,
+            ),
+            403,
+            "their own",
+        ),
+        (
+            call(&d.0, "GET", "/badges", ADA, &Value::Null),
+            403,
+            "listing",
+        ),
+        (
+            call(&d.0, "GET", "/badges?colour=red", SEC, &Value::Null),
+            400,
+            "unknown query parameter \"colour\"",
+        ),
+        (
+            call(&d.0, "GET", "/badges?limit=0", SEC, &Value::Null),
+            400,
+            "limit",
+        ),
+        (
+            call(&d.0, "DELETE", "/badges/B000001", SEC, &Value::Null),
+            405,
+            "DELETE",
+        ),
+        (
+            call(&d.0, "GET", "/nowhere", SEC, &Value::Null),
+            404,
+            "/nowhere",
+        ),
+    ];
+    for (r, status, needle) in cases {
+        assert_eq!(r.status, status, "{:?}", r.body);
+        assert!(error(&r).contains(needle), "{:?} lacks {needle}", r.body);
+    }
+    let big = vec![b' '; badge_request::api::MAX_BODY + 1];
+    let r = handle(
+        &d.0,
+        &ctx(),
+        &Request {
+            method: "POST",
+            path: "/import",
+            role: Some("security"),
+            actor: Some("guard-7"),
+            body: &big,
+        },
+    );
+    assert_eq!(r.status, 413);
+    // None of the refused requests changed anything.
+    let r = call(&d.0, "GET", "/state", SEC, &Value::Null);
+    assert_eq!(r.body["version"], 1);
+}
+
+fn sample() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample/employees.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn the_sample_data_set_imports_all_or_nothing() {
+    let d = Dir::new("import");
+    let employees = sample();
+    assert_eq!(employees.as_array().unwrap().len(), 3000);
+    let r = call(&d.0, "POST", "/import", SEC, &employees);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["imported"], 3000);
+    let before = call(&d.0, "GET", "/state", SEC, &Value::Null).body;
+    assert_eq!(before["approved"], 3000);
+
+    // A second import that overlaps: refused as a whole, naming the first conflict.
+    let mut again = employees.as_array().unwrap()[..2].to_vec();
+    again.insert(
+        0,
+        json!({"employee_id": "E999999", "name": "New Hire", "site": "Bern", "zones": ["lobby"]}),
+    );
+    let r = call(&d.0, "POST", "/import", SEC, &Value::Array(again));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(error(&r).starts_with("badge 1: employee"), "{:?}", r.body);
+    assert_eq!(call(&d.0, "GET", "/state", SEC, &Value::Null).body, before);
+
+    // Listing in pages walks every record once.
+    let mut seen = 0;
+    let mut after = String::new();
+    loop {
+        let q = if after.is_empty() {
+            "/badges?status=active&limit=1000".to_owned()
+        } else {
+            format!("/badges?status=active&limit=1000&after={after}")
+        };
+        let r = call(&d.0, "GET", &q, ("manager", "E000001"), &Value::Null);
+        let page = r.body["badges"].as_array().unwrap();
+        seen += page.len();
+        match r.body["next"].as_str() {
+            Some(n) => after = n.to_owned(),
+            None => break,
+        }
+        if page.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, 3000);
+}
+
+fn entry_for_ada(seq: u64) -> Entry {
+    let r: Value = json!({
+        "id": "B000001", "employee_id": "E000042", "name": "Ada Lovelace", "site": "Zurich",
+        "zones": ["lobby"], "status": "pending", "requested_at": 1, "requested_by": "E000042"
+    });
+    Entry {
+        seq,
+        at: 1,
+        actor: "E000042".into(),
+        role: badge_request::model::Role::Employee,
+        action: Action::Request,
+        badges: vec![serde_json::from_value(r).unwrap()],
+        next_badge: 2,
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_commit_is_finished_once_on_the_next_request() {
+    // After the commit point (pending.json renamed into place) and before anything else.
+    let d = Dir::new("crash-pending");
+    Store::open(&d.0).unwrap();
+    std::fs::write(
+        d.0.join("pending.json"),
+        serde_json::to_vec(&entry_for_ada(1)).unwrap(),
+    )
+    .unwrap();
+    let r = call(&d.0, "GET", "/badges/B000001", SEC, &Value::Null);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(!d.0.join("pending.json").exists());
+
+    // After the audit line was appended, before head.json: the line is not doubled.
+    let d = Dir::new("crash-audit");
+    Store::open(&d.0).unwrap();
+    let e = entry_for_ada(1);
+    std::fs::write(d.0.join("pending.json"), serde_json::to_vec(&e).unwrap()).unwrap();
+    let mut line = serde_json::to_vec(&e).unwrap();
+    line.push(b'\n');
+    std::fs::write(d.0.join("audit.jsonl"), &line).unwrap();
+    let r = call(&d.0, "GET", "/audit", SEC, &Value::Null);
+    assert_eq!(
+        r.body["entries"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        std::fs::read(d.0.join("audit.jsonl")).unwrap(),
+        line,
+        "the audit trail holds the change once"
+    );
+
+    // A torn append with no pending change (the crash came before the commit point):
+    // never acknowledged, ignored by readers and cut by the next commit.
+    let d = Dir::new("crash-torn");
+    assert_eq!(request_ada(&d.0).status, 201);
+    let audit = d.0.join("audit.jsonl");
+    let good = std::fs::read(&audit).unwrap();
+    let mut torn = good.clone();
+    torn.extend_from_slice(b"{\"seq\":2,\"at\":");
+    std::fs::write(&audit, &torn).unwrap();
+    let r = call(&d.0, "GET", "/audit", SEC, &Value::Null);
+    assert_eq!(r.body["entries"].as_array().unwrap().len(), 1);
+    let r = call(&d.0, "POST", "/badges/B000001/approve", BOSS, &Value::Null);
+    assert_eq!(r.status, 200);
+    let r = call(&d.0, "GET", "/audit", SEC, &Value::Null);
+    assert_eq!(r.body["entries"].as_array().unwrap().len(), 2);
+    assert!(std::fs::read(&audit).unwrap().starts_with(&good));
+
+    // A pending change that does not follow the version: refused, nothing served.
+    let d = Dir::new("crash-gap");
+    Store::open(&d.0).unwrap();
+    std::fs::write(
+        d.0.join("pending.json"),
+        serde_json::to_vec(&entry_for_ada(5)).unwrap(),
+    )
+    .unwrap();
+    let r = call(&d.0, "GET", "/state", SEC, &Value::Null);
+    assert_eq!(r.status, 500);
+    assert!(
+        error(&r).contains("does not follow version 0"),
+        "{:?}",
+        r.body
+    );
+}
+
+#[test]
+fn equal_histories_have_equal_digests() {
+    let (a, b) = (Dir::new("digest-a"), Dir::new("digest-b"));
+    for d in [&a, &b] {
+        assert_eq!(request_ada(&d.0).status, 201);
+    }
+    let state = |d: &Dir| call(&d.0, "GET", "/state", SEC, &Value::Null).body;
+    assert_eq!(state(&a), state(&b));
+    call(&b.0, "POST", "/badges/B000001/approve", BOSS, &Value::Null);
+    assert_ne!(state(&a)["sha256"], state(&b)["sha256"]);
+}
