@@ -9,12 +9,14 @@
 //! - `audit.jsonl` — the audit trail: one line per change, with the records it wrote.
 //! - `pending.json` — the change being applied, present only until it is.
 //!
-//! A change is committed in this order: `pending.json` is written in full and renamed
-//! into place (the commit point); the audit trail is cut back to `audit_len` (dropping
-//! whatever a crashed attempt appended) and the entry appended; the badge and employee
-//! files are replaced; `head.json` is replaced; `pending.json` is removed. Every write is
-//! a new file synced and renamed over the old one. Any request first finishes a change
-//! left pending, so every step may be repeated.
+//! A change is committed in this order: `pending.json` is written in full, synced and
+//! renamed into place (the commit point); the audit trail is cut back to `audit_len`
+//! (dropping whatever a crashed attempt appended), the entry appended and synced; the
+//! badge and employee files are written, then synced together (one journal commit
+//! flushes them all, where a sync per file would cost one each: an import writes
+//! thousands); `head.json` is replaced (a new file, synced, renamed over the old one);
+//! `pending.json` is removed. Until then `pending.json` holds the whole change, and any
+//! request first finishes a change left pending, so every step may be repeated.
 //!
 //! Concurrent changes are not coordinated here: the policy serves one request at a time
 //! (`http.concurrency: 1`).
@@ -313,17 +315,26 @@ impl Store {
                 f.sync_all()
             })
             .map_err(|e| io("append to", &audit, e))?;
+        // Written in place: pending.json holds the change until every file is synced.
+        let mut written = Vec::with_capacity(entry.badges.len() * 2);
         for b in &entry.badges {
             let bytes = serde_json::to_vec(b).map_err(|e| StoreError(e.to_string()))?;
-            self.replace(&format!("badges/{}.json", b.id), &bytes)?;
+            written.push(self.write(&format!("badges/{}.json", b.id), &bytes)?);
             let index = format!("employees/{}", b.employee_id);
             if b.status.is_open() {
-                self.replace(&index, b.id.as_bytes())?;
+                written.push(self.write(&index, b.id.as_bytes())?);
             } else if self.open_badge_of(&b.employee_id)?.as_deref() == Some(b.id.as_str()) {
                 let p = self.path(&index);
                 fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
             }
         }
+        for p in &written {
+            fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("sync", p, e))?;
+        }
+        self.sync_dir("badges")?;
+        self.sync_dir("employees")?;
         let new_head = Head {
             version: entry.seq,
             next_badge: entry.next_badge,
@@ -334,6 +345,13 @@ impl Store {
         let p = self.path("pending.json");
         fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
         self.sync_dir("")
+    }
+
+    /// Write `name` in place, unsynced; returns its path.
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let p = self.path(name);
+        fs::write(&p, bytes).map_err(|e| io("write", &p, e))?;
+        Ok(p)
     }
 
     /// Replace `name` with `bytes`: a new file, synced, renamed over the old one.

@@ -1,0 +1,202 @@
+//! The Badge Request Tool on a real appliance: sealed, deployed over attested TLS,
+//! loaded with the 3000-employee sample data set, used by each role through the port
+//! the agent proxies, then the appliance powers off, boots again from the same
+//! encrypted state disk, and the redeployed service serves the same records and audit
+//! trail (the same digest), and goes on from there.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use cvm_vm_tests::workload::{Target, deploy, free_port, keygen, prepare, seal, wasm};
+use cvm_vm_tests::{Broker, Guest, enabled, image, json_ok, repo_root};
+use serde_json::Value;
+
+/// A request as `role` `actor`, through curl (the body from a file: the import is
+/// larger than a command line).
+fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    who: (&str, &str),
+    body: Option<&Path>,
+) -> (u16, Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .args(["-H", &format!("x-badge-role: {}", who.0)])
+        .args(["-H", &format!("x-badge-actor: {}", who.1)])
+        .args(["-H", "content-type: application/json"]);
+    if let Some(b) = body {
+        c.arg("--data-binary").arg(format!("@{}", b.display()));
+    }
+    let out = c
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    let value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    (code.parse().unwrap_or(0), value)
+}
+
+fn body(dir: &Path, name: &str, v: &Value) -> std::path::PathBuf {
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, v.to_string()).unwrap();
+    p
+}
+
+const ADA: (&str, &str) = ("employee", "E000042");
+const BOSS: (&str, &str) = ("manager", "E000001");
+const SEC: (&str, &str) = ("security", "guard-7");
+
+#[test]
+fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() {
+    if !enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(&d.join("broker"));
+    let owner = keygen(d, "owner");
+    let policy =
+        std::fs::read_to_string(repo_root().join("workloads/badge-request/policy.yaml")).unwrap();
+    let bundle = seal(
+        &broker,
+        &owner,
+        &wasm("badge_request"),
+        &policy,
+        "badge-request",
+        d,
+        true,
+    );
+    let (init, reference) = prepare(d, &broker, &owner, image());
+    let port = free_port();
+    let forward = format!("{port}:8082");
+    let disk = d.join("state.img");
+    let boot = || {
+        Guest::boot(&[
+            "--initdata",
+            init.to_str().unwrap(),
+            "--state-disk",
+            disk.to_str().unwrap(),
+            "--forward",
+            &forward,
+        ])
+    };
+
+    let guest = boot();
+    let t = Target {
+        agent: guest.agent.clone(),
+        reference: reference.clone(),
+    };
+    let deployed = json_ok(&deploy(&t, &bundle, true));
+    assert_eq!(deployed["state"], "running", "{deployed}");
+
+    let sample = repo_root().join("workloads/badge-request/sample/employees.json");
+    let started = Instant::now();
+    let (code, v) = call(port, "POST", "/import", SEC, Some(&sample));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["imported"], 3000);
+    eprintln!(
+        "badge: imported 3000 employees in {:.1?}",
+        started.elapsed()
+    );
+
+    let ada = body(
+        d,
+        "ada",
+        &serde_json::json!({"employee_id": "E000042", "name": "Ada Lovelace", "site": "Zurich", "zones": ["lobby", "lab-2"]}),
+    );
+    let started = Instant::now();
+    let (code, v) = call(port, "POST", "/badges", ADA, Some(&ada));
+    assert_eq!(code, 201, "{v}");
+    eprintln!("badge: one request committed in {:.1?}", started.elapsed());
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, "B003001");
+    // Bad input, named; nothing changes.
+    let (code, v) = call(port, "POST", "/badges", ADA, Some(&ada));
+    assert_eq!(
+        (code, v["error"].as_str().unwrap()),
+        (409, "employee E000042 already has badge B003001")
+    );
+    let paris = body(
+        d,
+        "paris",
+        &serde_json::json!({"employee_id": "E000043", "name": "Eve", "site": "Paris", "zones": ["lobby"]}),
+    );
+    let (code, v) = call(
+        port,
+        "POST",
+        "/badges",
+        ("employee", "E000043"),
+        Some(&paris),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("site \"Paris\""),
+        "{v}"
+    );
+    let (code, _) = call(
+        port,
+        "GET",
+        &format!("/badges/{id}"),
+        ("employee", "E000043"),
+        None,
+    );
+    assert_eq!(code, 403);
+
+    let (code, v) = call(port, "POST", &format!("/badges/{id}/approve"), BOSS, None);
+    assert_eq!((code, v["status"].as_str()), (200, Some("approved")), "{v}");
+    let reason = body(d, "reason", &serde_json::json!({"reason": "lost badge"}));
+    let (code, v) = call(port, "POST", "/badges/B000017/revoke", SEC, Some(&reason));
+    assert_eq!((code, v["status"].as_str()), (200, Some("revoked")), "{v}");
+    let (code, v) = call(port, "GET", "/badges?status=active&limit=5", SEC, None);
+    assert_eq!(code, 200);
+    assert_eq!(v["badges"].as_array().unwrap().len(), 5);
+
+    let (code, before) = call(port, "GET", "/state", SEC, None);
+    assert_eq!(code, 200);
+    assert_eq!(before["version"], 4, "{before}");
+    assert_eq!(before["approved"], 3000, "{before}");
+    assert_eq!(before["revoked"], 1, "{before}");
+
+    // Power off; boot again from the same encrypted disk; the owner redeploys.
+    let (code, report) = guest.shutdown();
+    assert_eq!(code, 0, "{report}");
+    let guest = boot();
+    let t = Target {
+        agent: guest.agent.clone(),
+        reference,
+    };
+    let deployed = json_ok(&deploy(&t, &bundle, true));
+    assert_eq!(deployed["state"], "running", "{deployed}");
+    let (code, after) = call(port, "GET", "/state", SEC, None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        after, before,
+        "the records and the audit trail survive the reboot"
+    );
+    let (code, v) = call(port, "GET", "/audit?after=2", SEC, None);
+    assert_eq!(code, 200);
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["approve", "revoke"]);
+    // And it goes on from there.
+    let (code, v) = call(
+        port,
+        "POST",
+        &format!("/badges/{id}/revoke"),
+        SEC,
+        Some(&reason),
+    );
+    assert_eq!((code, v["status"].as_str()), (200, Some("revoked")), "{v}");
+    let (_, v) = call(port, "GET", "/state", SEC, None);
+    assert_eq!(v["version"], 5);
+    let (code, report) = guest.shutdown();
+    assert_eq!(code, 0, "{report}");
+}
