@@ -29,7 +29,10 @@ struct Server {
     pre: ProxyPre<ComponentCtx>,
     caps: Capabilities,
     status: Status,
-    slots: Semaphore,
+    /// One permit per live instance: held until the handler task ends, not only until
+    /// the response head, so `http.concurrency` bounds instances that are still running
+    /// (a client that disconnects does not free its request's slot early).
+    slots: Arc<Semaphore>,
 }
 
 /// A bound listener: bound before the process confines itself, so the confinement
@@ -72,7 +75,7 @@ pub async fn serve(
         pre,
         caps,
         status: status.clone(),
-        slots: Semaphore::new(concurrency.clamp(1, MAX_CONCURRENT) as usize),
+        slots: Arc::new(Semaphore::new(concurrency.clamp(1, MAX_CONCURRENT) as usize)),
     });
     match bound {
         Bound::Tcp(l) => {
@@ -110,10 +113,10 @@ fn connection(server: Arc<Server>, stream: impl AsyncRead + AsyncWrite + Unpin +
 
 impl Server {
     async fn handle(&self, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let Ok(_slot) = self.slots.acquire().await else {
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "workload is stopping");
         };
-        match self.call(req).await {
+        match self.call(req, slot).await {
             Ok(resp) => resp,
             Err(reason) => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,7 +126,11 @@ impl Server {
     }
 
     /// Answer one request; a failure is reported (once) and its reason returned.
-    async fn call(&self, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, String> {
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Response<HyperOutgoingBody>, String> {
         let report = |e: wasmtime::Error| {
             let reason = reason(&e);
             self.status.send(&StatusEvent::RequestFailed {
@@ -142,6 +149,7 @@ impl Server {
         let status = self.status.clone();
         let task = tokio::task::spawn(async move {
             let _ticks = ticks;
+            let _slot = slot;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
