@@ -63,8 +63,9 @@ pub const TDX_NOT_MODELLED: [(&str, &str); 3] = [
 
 /// Which firmware the cloud targets boot with and what is known of their values.
 const AZURE_FIRMWARE: &str = "Microsoft UEFI (EDK2-based) under the Hyper-V paravisor, \
-     Secure Boot off (the UKI is unsigned)";
-const GCP_FIRMWARE: &str = "Google's UEFI (EDK2-based), Secure Boot off (the UKI is unsigned)";
+     Secure Boot off unless the UKI is signed by a key its db trusts";
+const GCP_FIRMWARE: &str =
+    "Google's UEFI (EDK2-based), Secure Boot off unless the UKI is signed by a key its db trusts";
 const CLOUD_CONFIRMATION: &str = "unconfirmed: predicted from the event sequence OVMF \
      follows for the same disk (confirmed in the VM tests); PCR 9, 11 and 15 come from \
      the stub, the kernel and PID1, not from the firmware. Check the first boot's event \

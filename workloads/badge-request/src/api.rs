@@ -2,9 +2,10 @@
 //! or the host tests).
 //!
 //! Every request but `GET /healthz` names its caller: `x-badge-role` (`employee`,
-//! `manager` or `security`) and `x-badge-actor` (who, recorded in the audit trail). The
-//! appliance's front end authenticates callers and sets both; the service enforces what
-//! each role may do.
+//! `manager` or `security`) and `x-badge-actor` (who, recorded in the audit trail); the
+//! service enforces what each role may do. The headers are not authenticated here: the
+//! port must only be reachable through a front end that authenticates callers and
+//! replaces both (caller authentication in the appliance is still to come).
 //!
 //! | request | role | does |
 //! |---|---|---|

@@ -12,9 +12,9 @@
 //! A change is committed in this order: `pending.json` is written in full, synced and
 //! renamed into place (the commit point); the audit trail is cut back to `audit_len`
 //! (dropping whatever a crashed attempt appended), the entry appended and synced; the
-//! badge and employee files are written, then synced together (one journal commit
-//! flushes them all, where a sync per file would cost one each: an import writes
-//! thousands); `head.json` is replaced (a new file, synced, renamed over the old one);
+//! badge and employee files are written, and only then synced one by one (the first
+//! sync's journal commit carries most of the data, so the rest are cheap, where a sync
+//! right after each write would cost a commit each: an import writes thousands); `head.json` is replaced (a new file, synced, renamed over the old one);
 //! `pending.json` is removed. Until then `pending.json` holds the whole change, and any
 //! request first finishes a change left pending, so every step may be repeated.
 //!
