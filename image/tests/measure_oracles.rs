@@ -40,22 +40,8 @@ fn authenticode_matches_pesign_unsigned_and_signed() {
 
     // Signed with a throwaway key: the certificate table is left out of the hash.
     let dir = tempfile::tempdir().unwrap();
-    let (key, cert, signed) = (
-        dir.path().join("k.pem"),
-        dir.path().join("c.pem"),
-        dir.path().join("signed.efi"),
-    );
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
+    let (key, cert) = throwaway_cert(dir.path(), "test");
+    let signed = dir.path().join("signed.efi");
     let ok = Command::new("osslsigncode")
         .args(["sign", "-certs"])
         .arg(&cert)

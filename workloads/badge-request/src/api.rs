@@ -235,6 +235,31 @@ impl Call<'_> {
             .map_err(internal)
     }
 
+    /// Why an employee may not get another badge (they hold an open one), if so.
+    fn open_badge_conflict(&self, employee_id: &str) -> Result<Option<String>> {
+        let open = self.store.open_badge_of(employee_id).map_err(internal)?;
+        Ok(open.map(|b| format!("employee {employee_id} already has badge {b}")))
+    }
+
+    /// A new badge numbered `number`, requested now by this caller; an approved one
+    /// (an import) is also decided now by this caller.
+    fn issue(&self, new: NewBadge, number: u64, status: Status) -> Badge {
+        let decided = status == Status::Approved;
+        Badge {
+            id: format!("B{number:06}"),
+            employee_id: new.employee_id,
+            name: new.name,
+            site: new.site,
+            zones: new.zones,
+            status,
+            requested_at: self.ctx.now,
+            requested_by: self.actor.to_owned(),
+            decided_at: decided.then_some(self.ctx.now),
+            decided_by: decided.then(|| self.actor.to_owned()),
+            reason: None,
+        }
+    }
+
     fn request(&self) -> Result<Response> {
         self.require(&[Role::Employee, Role::Security], "requesting a badge")?;
         let new: NewBadge = self.json("badge request")?;
@@ -242,30 +267,11 @@ impl Call<'_> {
         if self.role == Role::Employee && new.employee_id != self.actor {
             return Err(err(403, "an employee requests badges for themselves only"));
         }
-        if let Some(open) = self
-            .store
-            .open_badge_of(&new.employee_id)
-            .map_err(internal)?
-        {
-            return Err(err(
-                409,
-                format!("employee {} already has badge {open}", new.employee_id),
-            ));
+        if let Some(why) = self.open_badge_conflict(&new.employee_id)? {
+            return Err(err(409, why));
         }
         let head = self.store.head().map_err(internal)?;
-        let badge = Badge {
-            id: format!("B{:06}", head.next_badge),
-            employee_id: new.employee_id,
-            name: new.name,
-            site: new.site,
-            zones: new.zones,
-            status: Status::Pending,
-            requested_at: self.ctx.now,
-            requested_by: self.actor.to_owned(),
-            decided_at: None,
-            decided_by: None,
-            reason: None,
-        };
+        let badge = self.issue(new, head.next_badge, Status::Pending);
         self.commit(Action::Request, vec![badge.clone()], head.next_badge + 1)?;
         Ok(ok(201, &badge))
     }
@@ -391,32 +397,10 @@ impl Call<'_> {
                     format!("badge {i}: employee {} is listed twice", new.employee_id),
                 ));
             }
-            if let Some(open) = self
-                .store
-                .open_badge_of(&new.employee_id)
-                .map_err(internal)?
-            {
-                return Err(err(
-                    409,
-                    format!(
-                        "badge {i}: employee {} already has badge {open}",
-                        new.employee_id
-                    ),
-                ));
+            if let Some(why) = self.open_badge_conflict(&new.employee_id)? {
+                return Err(err(409, format!("badge {i}: {why}")));
             }
-            badges.push(Badge {
-                id: format!("B{:06}", head.next_badge + i as u64),
-                employee_id: new.employee_id,
-                name: new.name,
-                site: new.site,
-                zones: new.zones,
-                status: Status::Approved,
-                requested_at: self.ctx.now,
-                requested_by: self.actor.to_owned(),
-                decided_at: Some(self.ctx.now),
-                decided_by: Some(self.actor.to_owned()),
-                reason: None,
-            });
+            badges.push(self.issue(new, head.next_badge + i as u64, Status::Approved));
         }
         let next = head.next_badge + badges.len() as u64;
         let count = badges.len();
