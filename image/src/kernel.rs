@@ -25,7 +25,7 @@ pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// The source tarball that package installs.
 pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 /// Bump when the build recipe below changes, so stale cache entries are not reused.
-const RECIPE_VERSION: &str = "cvm-kernel-recipe-3";
+const RECIPE_VERSION: &str = "cvm-kernel-recipe-4";
 
 /// A kernel build or check failed.
 #[derive(Debug, thiserror::Error)]

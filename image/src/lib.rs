@@ -63,6 +63,11 @@ pub const STATE_TOOLS: &[(&str, &[&str], &str)] = &[
         &["/usr/sbin/mke2fs", "/sbin/mke2fs"],
         "e2fsprogs",
     ),
+    (
+        "/usr/sbin/tune2fs",
+        &["/usr/sbin/tune2fs", "/sbin/tune2fs"],
+        "e2fsprogs",
+    ),
 ];
 
 /// Largest initramfs `initramfs_files` unpacks (the image's is about 12 MB).

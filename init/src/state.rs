@@ -32,6 +32,8 @@ pub const MAPPER_NAME: &str = "cvm-state";
 pub const CRYPTSETUP: &str = "/usr/sbin/cryptsetup";
 /// mke2fs in the initramfs.
 pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+/// tune2fs in the initramfs.
+pub const TUNE2FS: &str = "/usr/sbin/tune2fs";
 /// PID1's own record on the volume.
 pub const STATE_FILE: &str = "cvm/state.json";
 
@@ -303,10 +305,21 @@ pub fn open(device: &Path, key: &[u8]) -> Result<StateVolume, StateError> {
                 "ext4",
                 "-L",
                 "cvm-state",
+                "-O",
+                "encrypt",
                 "-E",
                 "nodiscard",
                 &mapped,
             ],
+            None,
+        )?;
+    } else {
+        // Volumes made before per-workload encryption lack ext4's `encrypt` feature;
+        // setting it is idempotent and only allows fscrypt policies on new folders.
+        run(
+            TUNE2FS,
+            "enable per-workload encryption",
+            &["-O", "encrypt", &mapped],
             None,
         )?;
     }
