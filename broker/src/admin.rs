@@ -6,6 +6,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use cvm_kbs_client::counter::Counter;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -85,11 +86,16 @@ impl Broker {
         bearer: Option<&str>,
         path: &str,
         bytes: &[u8],
+        create_only: bool,
         peer: &str,
     ) -> Result<(), KbsError> {
         self.admin("set-resource", Some(path), bearer, peer, || {
             let p = ResourcePath::parse(path)
                 .map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
+            // Under the admin lock, so two create-only writes cannot both succeed.
+            if create_only && self.store.get_resource(&p)?.is_some() {
+                return Err(KbsError::ResourceExists(p.to_string()));
+            }
             Ok(self.store.put_resource(&p, bytes)?)
         })
     }
@@ -108,6 +114,20 @@ impl Broker {
                 .get_resource(&p)?
                 .map(Zeroizing::new)
                 .ok_or_else(|| KbsError::PluginInternalError(format!("resource {p} not found")))
+        })
+    }
+
+    /// A counter, as an attested TEE would read it.
+    pub fn admin_get_counter(
+        &self,
+        bearer: Option<&str>,
+        path: &str,
+        peer: &str,
+    ) -> Result<Counter, KbsError> {
+        self.admin("get-counter", Some(path), bearer, peer, || {
+            let p = ResourcePath::parse(path)
+                .map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
+            Ok(self.store.get_counter(&p)?)
         })
     }
 

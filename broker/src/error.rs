@@ -51,6 +51,22 @@ pub enum KbsError {
     /// The broker's own store failed.
     #[error("broker storage failed: {0}")]
     Storage(String),
+    /// A counter update whose `expect` is not the counter's value (cvm's extension).
+    #[error("counter {path} is at {current}, not {expected}")]
+    CounterConflict {
+        /// The counter.
+        path: String,
+        /// Its value.
+        current: u64,
+        /// What the writer expected.
+        expected: u64,
+    },
+    /// A create-only write (`if-none-match: *`) to a resource that exists.
+    #[error("resource {0} exists (kept as it is)")]
+    ResourceExists(String),
+    /// A counter update that does not move forward or has a bad holder.
+    #[error("counter update refused: {0}")]
+    BadCounterUpdate(String),
 }
 
 impl KbsError {
@@ -70,6 +86,9 @@ impl KbsError {
             KbsError::PayloadTooLarge(_) => "PayloadTooLarge",
             KbsError::MethodNotAllowed(_) => "MethodNotAllowed",
             KbsError::Storage(_) => "StorageError",
+            KbsError::CounterConflict { .. } => "CounterConflict",
+            KbsError::BadCounterUpdate(_) => "BadCounterUpdate",
+            KbsError::ResourceExists(_) => "ResourceExists",
         }
     }
 
@@ -81,6 +100,9 @@ impl KbsError {
             KbsError::PayloadTooLarge(_) => 413,
             KbsError::MethodNotAllowed(_) => 405,
             KbsError::Storage(_) => 500,
+            KbsError::CounterConflict { .. } => 409,
+            KbsError::BadCounterUpdate(_) => 400,
+            KbsError::ResourceExists(_) => 412,
             _ => 401,
         }
     }

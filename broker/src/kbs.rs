@@ -6,6 +6,7 @@
 use cvm_attest::tpm::AkIdentity;
 use cvm_attest::tpm::verifier::challenge_ak;
 use cvm_kbs_client::KBS_PROTOCOL_VERSION;
+use cvm_kbs_client::counter::{Counter, CounterUpdate};
 use cvm_kbs_client::initdata::{FORMAT as INITDATA_FORMAT, InitData};
 use cvm_kbs_client::jwe;
 use cvm_kbs_client::report_data::runtime_data_digest;
@@ -26,6 +27,9 @@ pub const MAX_AUTH_BODY: usize = 64 << 10;
 /// Largest `/attest` body (an SNP report with its certificate chain, a TD quote with
 /// its event log, and our runtime log fit well below this).
 pub const MAX_ATTEST_BODY: usize = 4 << 20;
+
+/// Largest counter update body.
+pub const MAX_COUNTER_BODY: usize = 4 << 10;
 
 /// TEEs this broker verifies.
 const SUPPORTED: [Tee; 6] = [
@@ -297,13 +301,15 @@ impl Broker {
         result
     }
 
-    fn resource_inner(
+    /// The token (bearer, or the session's) verified and the resource policy asked
+    /// about `path`: the path and the token's claims when it allows.
+    fn authorize(
         &self,
         session: Option<&str>,
         bearer: Option<&str>,
         path: &str,
         tee_out: &mut Option<String>,
-    ) -> Result<String, KbsError> {
+    ) -> Result<(ResourcePath, Value), KbsError> {
         let rpath =
             ResourcePath::parse(path).map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
         let now = now();
@@ -341,11 +347,97 @@ impl Broker {
         if !allowed {
             return Err(KbsError::PolicyDeny);
         }
+        Ok((rpath, claims))
+    }
+
+    fn resource_inner(
+        &self,
+        session: Option<&str>,
+        bearer: Option<&str>,
+        path: &str,
+        tee_out: &mut Option<String>,
+    ) -> Result<String, KbsError> {
+        let (rpath, claims) = self.authorize(session, bearer, path, tee_out)?;
         let bytes =
             zeroize::Zeroizing::new(self.store.get_resource(&rpath)?.ok_or_else(|| {
                 KbsError::PluginInternalError(format!("resource {rpath} not found"))
             })?);
         let key = token::tee_pubkey(&claims).map_err(|e| KbsError::JweError(e.to_string()))?;
         jwe::encrypt(&key, &bytes).map_err(|e| KbsError::JweError(e.to_string()))
+    }
+
+    /// `GET /kbs/v0/counter/<path>`: the counter, to a token the resource policy
+    /// allows the resource at `path`.
+    pub fn counter(
+        &self,
+        session: Option<&str>,
+        bearer: Option<&str>,
+        path: &str,
+        peer: &str,
+    ) -> Result<Counter, KbsError> {
+        let mut tee = None;
+        let result = self
+            .authorize(session, bearer, path, &mut tee)
+            .and_then(|(rpath, _)| Ok(self.store.get_counter(&rpath)?));
+        if let Err(e) = &result {
+            self.refuse("counter", peer, tee.as_deref(), Some(path), e);
+        }
+        result
+    }
+
+    /// `POST /kbs/v0/counter/<path>`: compare-and-set under one lock; every advance and
+    /// every refusal is audited.
+    pub fn advance_counter(
+        &self,
+        session: Option<&str>,
+        bearer: Option<&str>,
+        path: &str,
+        body: &[u8],
+        peer: &str,
+    ) -> Result<Counter, KbsError> {
+        let mut tee = None;
+        let result = self.advance_inner(session, bearer, path, body, &mut tee);
+        match &result {
+            Ok(c) => self.audit.record(&AuditEvent {
+                time: now(),
+                endpoint: "counter",
+                outcome: "advance",
+                peer,
+                tee: tee.as_deref(),
+                target: Some(path),
+                reason: &format!("now {} (holder {:?})", c.value, c.holder),
+            }),
+            Err(e) => self.refuse("counter", peer, tee.as_deref(), Some(path), e),
+        }
+        result
+    }
+
+    fn advance_inner(
+        &self,
+        session: Option<&str>,
+        bearer: Option<&str>,
+        path: &str,
+        body: &[u8],
+        tee_out: &mut Option<String>,
+    ) -> Result<Counter, KbsError> {
+        let (rpath, _) = self.authorize(session, bearer, path, tee_out)?;
+        let update: CounterUpdate =
+            serde_json::from_slice(body).map_err(|e| KbsError::SerdeError(e.to_string()))?;
+        update.check().map_err(KbsError::BadCounterUpdate)?;
+        let _held = self
+            .counter_write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.store.get_counter(&rpath)?;
+        if current.value != update.expect {
+            return Err(KbsError::CounterConflict {
+                path: rpath.to_string(),
+                current: current.value,
+                expected: update.expect,
+            });
+        }
+        let next = update.counter();
+        self.store.put_counter(&rpath, &next)?;
+        Ok(next)
     }
 }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderValue, IF_NONE_MATCH, SET_COOKIE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::admin::PolicyBody;
 use crate::error::KbsError;
-use crate::kbs::{MAX_ATTEST_BODY, MAX_AUTH_BODY};
+use crate::kbs::{MAX_ATTEST_BODY, MAX_AUTH_BODY, MAX_COUNTER_BODY};
 use crate::state::Broker;
 use crate::store::{MAX_DOCUMENT, MAX_RESOURCE};
 
@@ -191,13 +191,27 @@ async fn dispatch(
             Ok(with_type(Bytes::from(jwe), "application/json"))
         }
         (&Method::POST, r) if r.starts_with("/resource/") => {
+            let create_only = req
+                .headers()
+                .get(IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes() == b"*");
             let b = body(req, MAX_RESOURCE).await?;
-            broker.admin_put_resource(bearer, &r["/resource/".len()..], &b, peer)?;
+            broker.admin_put_resource(bearer, &r["/resource/".len()..], &b, create_only, peer)?;
             Ok(empty())
         }
         (&Method::DELETE, r) if r.starts_with("/resource/") => {
             broker.admin_remove_resource(bearer, &r["/resource/".len()..], peer)?;
             Ok(empty())
+        }
+        (&Method::GET, r) if r.starts_with("/counter/") => {
+            json(&broker.counter(session, bearer, &r["/counter/".len()..], peer)?)
+        }
+        (&Method::POST, r) if r.starts_with("/counter/") => {
+            let b = body(req, MAX_COUNTER_BODY).await?;
+            json(&broker.advance_counter(session, bearer, &r["/counter/".len()..], &b, peer)?)
+        }
+        (&Method::GET, r) if r.starts_with("/admin/counter/") => {
+            json(&broker.admin_get_counter(bearer, &r["/admin/counter/".len()..], peer)?)
         }
         (&Method::GET, r) if r.starts_with("/admin/resource/") => {
             let bytes = broker.admin_get_resource(bearer, &r["/admin/resource/".len()..], peer)?;
@@ -209,7 +223,11 @@ async fn dispatch(
         (_, "/auth" | "/attest" | "/resource-policy" | "/reference-values") => {
             Err(KbsError::MethodNotAllowed(method.to_string()))
         }
-        (_, r) if r.starts_with("/resource/") || r.starts_with("/reference-values/") => {
+        (_, r)
+            if r.starts_with("/resource/")
+                || r.starts_with("/reference-values/")
+                || r.starts_with("/counter/") =>
+        {
             Err(KbsError::MethodNotAllowed(method.to_string()))
         }
         _ => Err(KbsError::InvalidRequestPath(truncate(&path))),

@@ -112,6 +112,8 @@ pub struct Broker {
     pub(crate) references: RwLock<ReferenceSet>,
     /// Serialises admin writes, so the store and the loaded copy change together.
     pub(crate) admin_write: Mutex<()>,
+    /// Serialises counter compare-and-sets.
+    pub(crate) counter_write: Mutex<()>,
     pub(crate) audit: Audit,
 }
 
@@ -192,6 +194,7 @@ impl Broker {
             policy: RwLock::new(policy),
             references: RwLock::new(references),
             admin_write: Mutex::new(()),
+            counter_write: Mutex::new(()),
             audit,
         })
     }

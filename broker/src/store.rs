@@ -1,5 +1,6 @@
-//! The broker's store: resources (`resources/<repository>/<type>/<tag>`) and named
-//! documents (reference values, the resource policy) as files under one folder.
+//! The broker's store: resources (`resources/<repository>/<type>/<tag>`), counters
+//! (`counters/<repository>/<type>/<tag>`, JSON) and named documents (reference values,
+//! the resource policy) as files under one folder.
 //!
 //! Every write goes to a temporary file in the same folder, is fsynced, renamed over
 //! the target and the folder fsynced: a crash leaves either the old or the new content,
@@ -12,12 +13,16 @@ use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cvm_kbs_client::counter::Counter;
+
 use crate::resource_path::ResourcePath;
 
 /// Largest resource (a key or a small secret).
 pub const MAX_RESOURCE: usize = 1 << 20;
 /// Largest document (reference values, a policy).
 pub const MAX_DOCUMENT: usize = 4 << 20;
+/// Largest stored counter (a number and a short holder label).
+const MAX_COUNTER: usize = 4 << 10;
 /// Marks a temporary file: never a valid resource-path part (`~` is not allowed there).
 const TEMP_MARK: &str = "~tmp~";
 
@@ -51,6 +56,14 @@ pub enum StoreError {
         size: usize,
         /// The limit.
         limit: usize,
+    },
+    /// A stored file does not parse.
+    #[error("store: {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// A file operation failed.
     #[error("store: {op} {path} failed")]
@@ -101,6 +114,33 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    fn counter_file(&self, path: &ResourcePath) -> PathBuf {
+        let [repo, kind, tag] = path.parts();
+        self.root.join("counters").join(repo).join(kind).join(tag)
+    }
+
+    /// A counter (value 0 and no holder if never written). A stored counter that does
+    /// not parse is an error, never a silent 0 (that would undo rollback protection).
+    pub fn get_counter(&self, path: &ResourcePath) -> Result<Counter, StoreError> {
+        let file = self.counter_file(path);
+        match self.read(&file, MAX_COUNTER)? {
+            None => Ok(Counter::default()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                path: file,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Write a counter (the caller has compared and holds the lock).
+    pub fn put_counter(&self, path: &ResourcePath, counter: &Counter) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(counter).map_err(|e| StoreError::Corrupt {
+            path: self.counter_file(path),
+            reason: e.to_string(),
+        })?;
+        self.write_atomic(&self.counter_file(path), &bytes)
     }
 
     fn resource_file(&self, path: &ResourcePath) -> PathBuf {

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::KBS_PROTOCOL_VERSION;
 use crate::attester::Attester;
+use crate::counter::{Counter, CounterUpdate};
 use crate::http::{BrokerTls, HttpResponse, Transport, TransportError};
 use crate::initdata::FORMAT as INITDATA_FORMAT;
 use crate::jwe::JweError;
@@ -283,5 +284,54 @@ impl KbsClient {
         let url = format!("/kbs/v0/resource/{path}");
         let resp = self.retrying("resource fetch", |c| c.call("GET", &url, None))?;
         Ok(self.tee_key.decrypt(&resp.body)?)
+    }
+
+    fn attested(&self) -> Result<(), ClientError> {
+        match self.session {
+            Some(_) => Ok(()),
+            None => Err(ClientError::Protocol(
+                "no attested session: attest before using counters".into(),
+            )),
+        }
+    }
+
+    /// Read the counter at `path` in the attested session.
+    pub fn counter(&mut self, path: &str) -> Result<Counter, ClientError> {
+        self.attested()?;
+        let url = format!("/kbs/v0/counter/{path}");
+        let resp = self.retrying("counter read", |c| c.call("GET", &url, None))?;
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| ClientError::Protocol(format!("counter {path}: {e}")))
+    }
+
+    /// Advance the counter at `path` from `update.expect` (compare-and-set). A retried
+    /// request whose first attempt the broker applied answers with a conflict; the
+    /// counter then already holds exactly this update, which counts as success.
+    pub fn advance_counter(
+        &mut self,
+        path: &str,
+        update: &CounterUpdate,
+    ) -> Result<Counter, ClientError> {
+        self.attested()?;
+        let url = format!("/kbs/v0/counter/{path}");
+        let body = serde_json::to_vec(update)
+            .map_err(|e| ClientError::Protocol(format!("counter update: {e}")))?;
+        match self.retrying("counter update", |c| c.call("POST", &url, Some(&body))) {
+            Ok(resp) => serde_json::from_slice(&resp.body)
+                .map_err(|e| ClientError::Protocol(format!("counter {path}: {e}"))),
+            Err(ClientError::Refused {
+                status: 409,
+                kind,
+                detail,
+            }) => match self.counter(path) {
+                Ok(now) if now == update.counter() => Ok(now),
+                _ => Err(ClientError::Refused {
+                    status: 409,
+                    kind,
+                    detail,
+                }),
+            },
+            Err(e) => Err(e),
+        }
     }
 }

@@ -132,8 +132,24 @@ impl Transport {
         bearer: Option<&str>,
         body: Option<(&str, &[u8])>,
     ) -> Result<HttpResponse, TransportError> {
+        self.call_with(method, path, cookie, bearer, body, &[])
+    }
+
+    /// One request to `path` with extra `headers`.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        bearer: Option<&str>,
+        body: Option<(&str, &[u8])>,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse, TransportError> {
         let url = format!("{}{path}", self.base);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(c) = cookie {
             builder = builder.header("cookie", format!("kbs-session-id={c}"));
         }

@@ -5,6 +5,7 @@
 //! Key material only ever exists in memory, is zeroised on drop, and is never logged.
 //!
 //! - [`client`]: the handshake and resource fetch, over [`http`] (rustls, pinned CA).
+//! - [`counter`]: the broker's monotonic counters (cvm's extension).
 //! - [`attester`]: what a TEE contributes (`tpm` with feature `tpm`; `sample` for dev).
 //! - The wire rules: [`report_data`] (JCS + SHA-384), [`tee_key`] and [`jwe`],
 //!   [`initdata`] (TOML and its digest).
@@ -13,6 +14,7 @@
 
 pub mod attester;
 pub mod client;
+pub mod counter;
 pub mod http;
 pub mod initdata;
 pub mod jwe;

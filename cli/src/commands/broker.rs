@@ -1,6 +1,7 @@
 //! `cvm broker`: run the key broker and administer it: resources, reference values and
 //! the resource policy, over its admin API with an Ed25519-signed token.
 
+use cvm_kbs_client::counter::Counter;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +42,22 @@ enum BrokerCommand {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Show a counter (a workload's state version, at its state key's path).
+    Counter {
+        #[command(subcommand)]
+        command: CounterCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CounterCommand {
+    /// Print the counter at REPOSITORY/TYPE/TAG as JSON (value 0 if never written).
+    Get {
+        /// REPOSITORY/TYPE/TAG.
+        path: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// How the admin commands reach the broker.
@@ -72,6 +89,10 @@ enum ResourceCommand {
         /// Or N fresh random bytes (a new key; never printed).
         #[arg(long, value_name = "N")]
         random: Option<usize>,
+        /// Keep an existing resource (a key that already encrypts data) instead of
+        /// replacing it.
+        #[arg(long)]
+        keep: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -115,6 +136,10 @@ enum ReferenceCommand {
         /// With --image --target snp: the VM's vCPU model.
         #[arg(long, default_value = "EPYC-v4")]
         vcpu_type: cvm_image::measure::snp::CpuType,
+        /// With --image: the image identity (`cvm build` prints it: the sha256 of its
+        /// manifest.json) the security team approved; another image is refused.
+        #[arg(long, value_name = "SHA256", requires = "image")]
+        identity: Option<String>,
         /// Its name (one per accepted build).
         #[arg(long)]
         name: String,
@@ -187,13 +212,24 @@ impl Admin {
 
     /// One admin call; a refusal becomes an error with the broker's detail.
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<HttpResponse> {
+        self.call_with(method, path, body, &[])
+    }
+
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<HttpResponse> {
         let token = self.signer.token(cvm_broker::state::now(), 300);
-        let resp = self.transport.call(
+        let resp = self.transport.call_with(
             method,
             path,
             None,
             Some(&token),
             Some(("application/octet-stream", body)),
+            headers,
         )?;
         if resp.status >= 400 {
             let detail = serde_json::from_slice::<Value>(&resp.body)
@@ -209,6 +245,26 @@ impl Admin {
     pub fn put_resource(&self, path: &str, bytes: &[u8]) -> anyhow::Result<()> {
         self.call("POST", &format!("/kbs/v0/resource/{path}"), bytes)
             .map(|_| ())
+    }
+
+    /// Store a resource unless one exists at `path`; whether it was stored.
+    pub fn create_resource(&self, path: &str, bytes: &[u8]) -> anyhow::Result<bool> {
+        match self.call_with(
+            "POST",
+            &format!("/kbs/v0/resource/{path}"),
+            bytes,
+            &[("if-none-match", "*")],
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.to_string().starts_with("broker refused (412)") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A counter (`cvm broker counter get`).
+    pub fn counter(&self, path: &str) -> anyhow::Result<Counter> {
+        let resp = self.call("GET", &format!("/kbs/v0/admin/counter/{path}"), b"")?;
+        serde_json::from_slice(&resp.body).context("the broker's counter is not JSON")
     }
 
     /// Register reference values.
@@ -267,6 +323,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                 path,
                 file,
                 random,
+                keep,
                 admin,
             } => {
                 let bytes = match (file, random) {
@@ -274,7 +331,14 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                     (None, Some(n)) => random_key(n)?,
                     (None, None) => anyhow::bail!("give --file or --random"),
                 };
-                Admin::connect(&admin)?.put_resource(&path, &bytes)?;
+                let admin = Admin::connect(&admin)?;
+                if keep && !admin.create_resource(&path, &bytes)? {
+                    eprintln!("{path} exists; kept");
+                    return Ok(());
+                }
+                if !keep {
+                    admin.put_resource(&path, &bytes)?;
+                }
                 eprintln!("stored {path} ({} bytes)", bytes.len());
                 Ok(())
             }
@@ -304,6 +368,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                 target,
                 vcpus,
                 vcpu_type,
+                identity: expected,
                 name,
                 admin,
             } => {
@@ -315,6 +380,14 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                     (None, Some(image), Some(target)) => {
                         let (identity, values) =
                             super::measure::recorded_reference(&image, &target, vcpus, vcpu_type)?;
+                        if let Some(expected) = expected {
+                            let expected = expected.trim_start_matches("sha256:").to_lowercase();
+                            anyhow::ensure!(
+                                identity == expected,
+                                "image {} has identity {identity}, not the approved {expected}: nothing registered",
+                                image.display()
+                            );
+                        }
                         eprintln!("{target} reference values of image {identity}");
                         values
                     }
@@ -339,6 +412,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        BrokerCommand::Counter {
+            command: CounterCommand::Get { path, admin },
+        } => super::print_json(&Admin::connect(&admin)?.counter(&path)?),
         BrokerCommand::Policy { command } => match command {
             PolicyCommand::Set { file, admin } => {
                 let rego = String::from_utf8(read_file("policy", &file)?)
