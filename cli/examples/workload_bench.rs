@@ -191,6 +191,13 @@ fn seal_one(
 ) -> anyhow::Result<Vec<u8>> {
     let key = random_key(cvm_runtime::bundle::KEY_LEN)?;
     let resource = format!("default/{name}/key");
+    let state = if policy.preopens.is_empty() {
+        None
+    } else {
+        let r = format!("default/{name}/state-key");
+        admin.create_resource(&r, &random_key(32)?)?;
+        Some(r)
+    };
     let bundle = seal(
         &SealRequest {
             name,
@@ -198,6 +205,7 @@ fn seal_one(
             wasm,
             policy,
             key_resource: &resource,
+            state_key_resource: state.as_deref(),
         },
         owner,
         &key,

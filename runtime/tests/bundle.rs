@@ -16,6 +16,7 @@ fn request(wasm: &[u8]) -> SealRequest<'_> {
         wasm,
         policy: WorkloadPolicy::from_yaml("http: {port: 8080}\nlimits: {memory_mib: 16}").unwrap(),
         key_resource: "default/hello/key",
+        state_key_resource: None,
     }
 }
 
@@ -155,6 +156,28 @@ fn invalid_manifests_are_refused_at_seal_time() {
         seal(&r, &owner, &KEY),
         Err(BundleError::Manifest(_))
     ));
+    // State needs its own key, and a key needs state.
+    let mut r = request(WASM);
+    r.policy = WorkloadPolicy::from_yaml("preopens: [{dir: d, guest: /d, access: rw}]").unwrap();
+    let refused = |r: &SealRequest<'_>| match seal(r, &owner, &KEY) {
+        Err(BundleError::Manifest(m)) => m,
+        other => panic!("sealed: {other:?}"),
+    };
+    assert!(refused(&r).contains("preopens need state_key_resource"));
+    r.state_key_resource = Some("default/hello/key");
+    assert!(refused(&r).contains("must differ"));
+    r.state_key_resource = Some("default/../state");
+    assert!(refused(&r).contains("repository/type/tag"));
+    r.state_key_resource = Some("default/hello/state-key");
+    let bytes = seal(&r, &owner, &KEY).unwrap();
+    let verified = parse(&bytes).unwrap().verify(&trusting(&owner)).unwrap();
+    assert_eq!(
+        verified.manifest().state_key_resource.as_deref(),
+        Some("default/hello/state-key")
+    );
+    let mut r = request(WASM);
+    r.state_key_resource = Some("default/hello/state-key");
+    assert!(refused(&r).contains("without preopens"));
     assert_eq!(
         seal(&request(WASM), &owner, &[0u8; 31]).unwrap_err(),
         BundleError::KeyLength(31)

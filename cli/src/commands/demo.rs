@@ -126,6 +126,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         name: Some("hello".into()),
         version: "0.1.0".into(),
         key_resource: "default/hello/key".into(),
+        state_key_resource: None,
         owner_key: owner_key.clone(),
         out: Some(bundle_path.clone()),
         upload: true,

@@ -46,6 +46,10 @@ pub struct SealArgs {
     /// Broker resource path of the content key (repository/type/tag).
     #[arg(long)]
     pub key_resource: String,
+    /// Broker resource path of the key that encrypts the workload's state (policies
+    /// with preopens) [default: REPOSITORY/TYPE/state-key of --key-resource].
+    #[arg(long)]
+    pub state_key_resource: Option<String>,
     /// The owner's private key (`cvm keygen`).
     #[arg(long, default_value = "owner.key")]
     pub owner_key: PathBuf,
@@ -84,6 +88,9 @@ struct SealReport {
     owner_kid: String,
     key_resource: String,
     key_uploaded: bool,
+    state_key_resource: Option<String>,
+    /// Whether --upload made a new state key (an existing one is never replaced).
+    state_key_created: bool,
     key_file: Option<PathBuf>,
     manifest: cvm_runtime::bundle::Manifest,
 }
@@ -158,6 +165,14 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
+    let state_key_resource = match (&args.state_key_resource, policy.preopens.is_empty()) {
+        (Some(_), true) => anyhow::bail!(
+            "--state-key-resource: the policy has no preopens, so the workload has no state"
+        ),
+        (Some(r), false) => Some(r.clone()),
+        (None, false) => Some(default_state_resource(&args.key_resource)?),
+        (None, true) => None,
+    };
     let key = random_key(cvm_runtime::bundle::KEY_LEN)?;
     let bundle = seal(
         &SealRequest {
@@ -166,6 +181,7 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
             wasm: &wasm,
             policy,
             key_resource: &args.key_resource,
+            state_key_resource: state_key_resource.as_deref(),
         },
         &owner,
         &key,
@@ -191,8 +207,14 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.key_out {
         write_new_private(path, &key)?;
     }
+    let mut state_key_created = false;
     if args.upload {
-        Admin::connect(&args.admin)?.put_resource(&args.key_resource, &key)?;
+        let admin = Admin::connect(&args.admin)?;
+        admin.put_resource(&args.key_resource, &key)?;
+        if let Some(r) = &state_key_resource {
+            // A new version of a workload keeps its state: only a missing key is made.
+            state_key_created = admin.create_resource(r, &random_key(STATE_KEY_LEN)?)?;
+        }
     }
     let out = args
         .out
@@ -205,6 +227,8 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
         owner_kid: hex::encode(verified.owner_kid()),
         key_resource: args.key_resource.clone(),
         key_uploaded: args.upload,
+        state_key_resource: state_key_resource.clone(),
+        state_key_created,
         key_file: args.key_out.clone(),
         manifest: verified.manifest().clone(),
         bundle: out,
@@ -225,5 +249,32 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
             "written to --key-out".to_owned()
         }
     );
+    if let Some(r) = &report.state_key_resource {
+        match (args.upload, state_key_created) {
+            (true, true) => eprintln!("state key: a new one stored in the broker at {r}"),
+            (true, false) => eprintln!("state key: the broker's existing {r} is kept"),
+            (false, _) => eprintln!(
+                "state key: store {STATE_KEY_LEN} random bytes at {r} before deploying \
+                 (cvm broker resource put {r} --random {STATE_KEY_LEN} --keep)"
+            ),
+        }
+    }
     Ok(())
+}
+
+/// Bytes of a workload state key (the agent stretches it for fscrypt).
+pub const STATE_KEY_LEN: usize = 32;
+
+/// `REPOSITORY/TYPE/state-key` beside the content key.
+pub fn default_state_resource(key_resource: &str) -> anyhow::Result<String> {
+    let parts: Vec<&str> = key_resource.split('/').collect();
+    let derived = match parts.as_slice() {
+        [repo, kind, _] => format!("{repo}/{kind}/state-key"),
+        _ => anyhow::bail!("--key-resource {key_resource} is not repository/type/tag"),
+    };
+    anyhow::ensure!(
+        derived != key_resource,
+        "--key-resource is named state-key: pass --state-key-resource"
+    );
+    Ok(derived)
 }

@@ -110,6 +110,10 @@ pub struct Manifest {
     pub policy: WorkloadPolicy,
     /// Broker resource path (`repo/type/tag`) of the content key.
     pub key_resource: String,
+    /// Broker resource path of the key that encrypts the workload's state (and of the
+    /// counter that versions it); required when the policy has preopens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_key_resource: Option<String>,
 }
 
 impl Manifest {
@@ -137,8 +141,28 @@ impl Manifest {
         if self.wasm_sha256.len() != 64 || hex::decode(&self.wasm_sha256).is_err() {
             return Err(bad("wasm_sha256 must be 64 hex digits"));
         }
-        if cvm_kbs_client::resource_path::ResourcePath::parse(&self.key_resource).is_err() {
+        let is_path = |p: &str| cvm_kbs_client::resource_path::ResourcePath::parse(p).is_ok();
+        if !is_path(&self.key_resource) {
             return Err(bad("key_resource must be repository/type/tag"));
+        }
+        match &self.state_key_resource {
+            Some(r) if !is_path(r) => {
+                return Err(bad("state_key_resource must be repository/type/tag"));
+            }
+            Some(r) if r == &self.key_resource => {
+                return Err(bad("state_key_resource must differ from key_resource"));
+            }
+            Some(_) if self.policy.preopens.is_empty() => {
+                return Err(bad(
+                    "state_key_resource without preopens: there is no state",
+                ));
+            }
+            None if !self.policy.preopens.is_empty() => {
+                return Err(bad(
+                    "preopens need state_key_resource (the key that encrypts the workload's state)",
+                ));
+            }
+            _ => {}
         }
         self.policy.validate()?;
         Ok(())
@@ -158,6 +182,8 @@ pub struct SealRequest<'a> {
     pub policy: WorkloadPolicy,
     /// Where the content key lives in the broker.
     pub key_resource: &'a str,
+    /// Where the state key lives (required with preopens).
+    pub state_key_resource: Option<&'a str>,
 }
 
 fn aes(key: &[u8]) -> Result<aes_gcm::Aes256Gcm, BundleError> {
@@ -188,6 +214,7 @@ pub fn seal(
         wasm_size: req.wasm.len() as u64,
         policy: req.policy.clone(),
         key_resource: req.key_resource.to_owned(),
+        state_key_resource: req.state_key_resource.map(str::to_owned),
     };
     seal_manifest(&manifest, req.wasm, owner, content_key)
 }
