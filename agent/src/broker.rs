@@ -8,6 +8,7 @@ use std::time::Duration;
 use cvm_attest::EventLog;
 use cvm_kbs_client::attester::guest;
 use cvm_kbs_client::client::{ClientConfig, ClientError, KbsClient};
+use cvm_kbs_client::counter::{Counter, CounterUpdate};
 use cvm_kbs_client::http::BrokerTls;
 use zeroize::Zeroizing;
 
@@ -71,15 +72,47 @@ impl Broker {
         resource: &str,
         runtime_log: &EventLog,
     ) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.session(runtime_log)?.resource(resource)
+    }
+
+    /// Attest with this guest's evidence (blocking): a session for several resources
+    /// and counters under one token.
+    pub fn session(&self, runtime_log: &EventLog) -> Result<BrokerSession, String> {
         let mut config = ClientConfig::new(&self.url, self.tls.clone());
         config.timeout = TIMEOUT;
         config.retries = RETRIES;
         config.backoff = BACKOFF;
         config.init_data = Some(self.initdata.clone());
-        let chain = |e: ClientError| crate::error_chain(&e);
         let mut client = KbsClient::new(config).map_err(chain)?;
         let mut attester = guest::attester(guest::detect(), self.tcti.as_deref(), runtime_log)?;
         client.attest(attester.as_mut()).map_err(chain)?;
-        client.resource(resource).map_err(chain)
+        Ok(BrokerSession { client })
+    }
+}
+
+fn chain(e: ClientError) -> String {
+    crate::error_chain(&e)
+}
+
+/// An attested session with the broker (blocking calls).
+#[derive(Debug)]
+pub struct BrokerSession {
+    client: KbsClient,
+}
+
+impl BrokerSession {
+    /// The resource at `path`, decrypted.
+    pub fn resource(&mut self, path: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.client.resource(path).map_err(chain)
+    }
+
+    /// The counter at `path`.
+    pub fn counter(&mut self, path: &str) -> Result<Counter, String> {
+        self.client.counter(path).map_err(chain)
+    }
+
+    /// Advance the counter at `path` (compare-and-set).
+    pub fn advance(&mut self, path: &str, update: &CounterUpdate) -> Result<Counter, String> {
+        self.client.advance_counter(path, update).map_err(chain)
     }
 }

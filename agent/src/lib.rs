@@ -18,6 +18,7 @@ pub mod args;
 pub mod attestation;
 pub mod broker;
 pub mod enforce;
+pub mod fscrypt;
 pub mod measurements;
 pub mod runtime_log;
 pub mod secrets;
@@ -127,6 +128,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         broker,
         measurements: measurements.clone(),
         enforcer,
+        holder: holder_name(args.state_dir.as_deref(), &tls.key_sha256),
     }));
     match events {
         Some(Ok(ring)) => {
@@ -165,4 +167,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: stopping"),
     }
     Ok(())
+}
+
+/// How this appliance names itself as the holder of a workload's state at the broker:
+/// its state volume's LUKS UUID (PID1's record), which stays the same across reboots,
+/// so a rebooted appliance still recognises the state it holds; without a state
+/// volume (no state to hold), this run's TLS key.
+fn holder_name(state_dir: Option<&std::path::Path>, tls_key_sha256: &[u8; 32]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        uuid: String,
+    }
+    state_dir
+        .and_then(|d| std::fs::read(d.join("cvm/state.json")).ok())
+        .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        .map(|r| format!("volume:{}", r.uuid))
+        .unwrap_or_else(|| format!("agent-key:{}", hex::encode(tls_key_sha256)))
 }

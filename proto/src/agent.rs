@@ -152,6 +152,9 @@ pub struct WorkloadStatus {
     pub compile_ms: Option<u64>,
     /// Unix seconds it was deployed.
     pub deployed_at: u64,
+    /// The version of its sealed state this run opened (workloads with state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<u64>,
 }
 
 /// Which stream a log line came from.

@@ -34,6 +34,13 @@ pub async fn deploy(w: &Arc<Workloads>, bundle: &[u8]) -> Response<Body> {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 DeployError::Measure(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                // Rolled back, missing or removed state: the request conflicts with
+                // what the broker recorded.
+                DeployError::State(s) => match s.kind() {
+                    "KeyRefused" | "StateKeyMismatch" => StatusCode::FORBIDDEN,
+                    "StateUnavailable" => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::CONFLICT,
+                },
                 DeployError::NotAllowed(_)
                 | DeployError::Confinement(_)
                 | DeployError::Content(_)
@@ -48,6 +55,11 @@ fn workload_error(e: WorkloadError) -> Response<Body> {
     match e {
         WorkloadError::NotFound(_) => error(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
         WorkloadError::NotRunning(_) => error(StatusCode::CONFLICT, "NotRunning", e.to_string()),
+        WorkloadError::RemovalNotRecorded { .. } => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RemovalNotRecorded",
+            e.to_string(),
+        ),
     }
 }
 

@@ -19,7 +19,7 @@ use cvm_runtime::launch::{LaunchSpec, Listen};
 use sha2::Digest as _;
 use tracing::{info, warn};
 
-use super::{Entry, Workloads, now_ms, process, proxy};
+use super::{Entry, Workloads, now_ms, process, proxy, sealed_state};
 
 /// Most workloads one appliance holds.
 pub const MAX_WORKLOADS: usize = 512;
@@ -72,6 +72,9 @@ pub enum DeployError {
         /// The broker's reason.
         reason: String,
     },
+    /// The workload's sealed state was not opened (rolled back, missing, wrong key).
+    #[error("sealed state: {0}")]
+    State(super::sealed_state::StateError),
     /// The content did not decrypt or is not the manifest's Wasm.
     #[error(transparent)]
     Content(BundleError),
@@ -97,6 +100,7 @@ impl DeployError {
             DeployError::Confinement(_) => "ConfinementUnavailable",
             DeployError::NoBroker => "NoBroker",
             DeployError::Key { .. } => "KeyRefused",
+            DeployError::State(e) => e.kind(),
             DeployError::Content(BundleError::WasmHash { .. }) => "WasmHashMismatch",
             DeployError::Content(_) => "BadContent",
             DeployError::Start(_) => "StartFailed",
@@ -162,29 +166,70 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
         // layer), then its digest measured, so the key is released to a workload
         // whose confinement the evidence shows.
         confine(w, &entry, &manifest).await?;
-        // (4) The content key, with evidence that shows the manifest.
+        // (4) The content key, with evidence that shows the manifest; in the same
+        // attested session the state key and the state's version (sealed_state).
         let broker = w.ctx.broker.clone().ok_or(DeployError::NoBroker)?;
         let resource = manifest.key_resource.clone();
         let wanted = resource.clone();
+        let sealed = match (&manifest.state_key_resource, &w.ctx.state_dir) {
+            (Some(r), Some(mount)) => Some((
+                r.clone(),
+                mount.clone(),
+                w.workload_state(&manifest.name).unwrap_or_default(),
+                w.files_dir(&manifest.name),
+            )),
+            _ => None,
+        };
+        let name = manifest.name.clone();
+        let holder = w.ctx.holder.clone();
         // The evidence must show the log as it is when the quote is made (another
         // workload may have been measured since this one).
         drop(log);
         let measurements = w.ctx.measurements.clone();
-        let key = tokio::task::spawn_blocking(move || {
+        let key_refused = |reason: String| DeployError::Key {
+            resource: resource.clone(),
+            reason,
+        };
+        let (key, opened) = tokio::task::spawn_blocking(move || {
             let _still = measurements.hold_still();
-            broker.fetch(&wanted, &measurements.current()?)
+            let mut session = broker.session(&measurements.current()?)?;
+            let key = session.resource(&wanted)?;
+            let opened = sealed.map(|(r, mount, dir, files)| {
+                sealed_state::open(
+                    &mut session,
+                    &r,
+                    &sealed_state::Place {
+                        mount: &mount,
+                        dir: &dir,
+                        files: &files,
+                        name: &name,
+                        holder: &holder,
+                    },
+                )
+            });
+            Ok::<_, String>((key, opened))
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r)
-        .map_err(|reason| DeployError::Key {
-            resource: resource.clone(),
-            reason,
-        })?;
+        .map_err(key_refused)?;
         entry.logs.push(
             LogStream::Event,
             &format!("content key {resource} released by the broker"),
         );
+        if let Some(opened) = opened {
+            let opened = opened.map_err(DeployError::State)?;
+            entry.logs.push(
+                LogStream::Event,
+                &format!(
+                    "state version {} opened: the broker's record matches the disk; folder encrypted with key {} ({})",
+                    opened.version,
+                    hex::encode(opened.key_id),
+                    opened.resource
+                ),
+            );
+            entry.set_sealed(opened);
+        }
         // (5) Decrypt, check the hash.
         let wasm = verified.open(&key).map_err(DeployError::Content)?;
         drop(key);
@@ -237,7 +282,10 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
         Err(e) => {
             warn!(workload = %manifest.name, error = %e, "deploy refused");
             super::halt(&entry).await;
-            w.discard(&manifest.name, !state_existed);
+            // Once opened, the state's version is at the broker too: the folder stays,
+            // or the next deploy would find the broker's version and no state.
+            let opened = entry.sealed().is_some();
+            w.discard(&manifest.name, !state_existed && !opened);
             if measured {
                 super::record_outcome(
                     &w.ctx.measurements,
@@ -337,6 +385,7 @@ fn reserve(
             rss_bytes: None,
             compile_ms: None,
             deployed_at: now_ms() / 1000,
+            state_version: None,
         },
         owner.to_vec(),
     ));

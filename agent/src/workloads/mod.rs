@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod logs;
 pub mod process;
 pub mod proxy;
+pub mod sealed_state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub struct Context {
     /// The kernel enforcement, or why the baseline's maps could not be opened (then no
     /// workload is deployed).
     pub enforcer: Result<Arc<Enforcer>, LayerError>,
+    /// How this agent names itself as the holder of a workload's state at the broker.
+    pub holder: String,
 }
 
 /// Mutable facts about one workload.
@@ -86,6 +89,8 @@ pub struct Entry {
     scope: Mutex<Option<Scope>>,
     /// Kernel enforcement events by (hook, verdict).
     kernel_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Its sealed state once opened, and whether its key is in the kernel.
+    sealed: Mutex<Option<(sealed_state::Opened, bool)>>,
 }
 
 impl Entry {
@@ -107,6 +112,48 @@ impl Entry {
             supervisor: Mutex::new(None),
             scope: Mutex::new(None),
             kernel_events: Mutex::new(BTreeMap::new()),
+            sealed: Mutex::new(None),
+        }
+    }
+
+    /// Record the opened sealed state (and show its version in the status).
+    fn set_sealed(&self, opened: sealed_state::Opened) {
+        if let Ok(mut r) = self.record.lock() {
+            r.status.state_version = Some(opened.version);
+        }
+        if let Ok(mut s) = self.sealed.lock() {
+            *s = Some((opened, true));
+        }
+    }
+
+    fn sealed(&self) -> Option<sealed_state::Opened> {
+        self.sealed
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(o, _)| o.clone()))
+    }
+
+    /// Remove the state key from the kernel (after the runtime has ended): the folder's
+    /// files are unreadable until the next deploy fetches the key again.
+    fn lock_state(&self, mount: Option<&std::path::Path>) {
+        let opened = self.sealed.lock().ok().and_then(|mut s| match s.as_mut() {
+            Some((o, unlocked)) if *unlocked => {
+                *unlocked = false;
+                Some(o.clone())
+            }
+            _ => None,
+        });
+        if let (Some(opened), Some(mount)) = (opened, mount) {
+            match crate::fscrypt::remove_key(mount, &opened.key_id) {
+                Ok(true) => self
+                    .logs
+                    .push(LogStream::Event, "state key removed from the kernel"),
+                Ok(false) => self.logs.push(
+                    LogStream::Event,
+                    "state key removed; files still open keep it until they close",
+                ),
+                Err(e) => warn!(workload = %self.name, error = %e, "remove the state key"),
+            }
         }
     }
 
@@ -351,6 +398,16 @@ pub enum WorkloadError {
     /// It is not running.
     #[error("workload {0} is not running")]
     NotRunning(String),
+    /// The broker did not record the removal of its state, so nothing was removed.
+    #[error(
+        "workload {name} kept, with its state: the broker did not record the removal: {reason}"
+    )]
+    RemovalNotRecorded {
+        /// The workload.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Every workload of this appliance.
@@ -407,15 +464,38 @@ impl Workloads {
             return Err(WorkloadError::NotRunning(name.to_owned()));
         }
         halt(&entry).await;
+        entry.lock_state(self.ctx.state_dir.as_deref());
         record_outcome(&self.ctx.measurements, name, "stopped: by its owner").await;
         entry
             .status()
             .ok_or_else(|| WorkloadError::NotFound(name.to_owned()))
     }
 
-    /// Stop it and delete its run folder and its state.
+    /// Stop it and delete its run folder and its state. Sealed state is deleted only
+    /// once the broker has recorded the removal (so a fresh start is allowed later and
+    /// the removed state can never come back); if it cannot, nothing changes.
     pub async fn remove(&self, name: &str, owner: &[u8]) -> Result<(), WorkloadError> {
         let entry = self.get(name, owner)?;
+        if let (Some(opened), Some(broker)) = (entry.sealed(), self.ctx.broker.clone()) {
+            let measurements = self.ctx.measurements.clone();
+            let recorded = tokio::task::spawn_blocking(move || {
+                let _still = measurements.hold_still();
+                let mut session = broker.session(&measurements.current()?)?;
+                sealed_state::record_removal(&mut session, &opened).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            if let Err(reason) = recorded {
+                return Err(WorkloadError::RemovalNotRecorded {
+                    name: name.to_owned(),
+                    reason,
+                });
+            }
+            entry
+                .logs
+                .push(LogStream::Event, "state removal recorded by the broker");
+        }
         halt(&entry).await;
         self.discard(name, true);
         record_outcome(&self.ctx.measurements, name, "removed: with its state").await;
@@ -430,6 +510,9 @@ impl Workloads {
             && let Some(p) = p.take()
         {
             p.abort();
+        }
+        if let Some(entry) = &removed {
+            entry.lock_state(self.ctx.state_dir.as_deref());
         }
         if let Some(entry) = &removed
             && let Some(scope) = entry.scope.lock().ok().and_then(|mut s| s.take())

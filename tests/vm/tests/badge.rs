@@ -2,14 +2,16 @@
 //! loaded with the 3000-employee sample data set, used by each role through the port
 //! the agent proxies, then the appliance powers off, boots again from the same
 //! encrypted state disk, and the redeployed service serves the same records and audit
-//! trail (the same digest), and goes on from there.
+//! trail (the same digest), and goes on from there. Then the rollback test: the disk
+//! as it was after the first run is put back, and the appliance refuses to serve it,
+//! naming both versions; the newest disk is served again.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Instant;
 
-use cvm_vm_tests::workload::{Target, deploy, free_port, keygen, prepare, seal, wasm};
+use cvm_vm_tests::workload::{Target, deploy, fails, free_port, keygen, ok, prepare, seal, wasm};
 use cvm_vm_tests::{Broker, Guest, enabled, image, json_ok, repo_root};
 use serde_json::Value;
 
@@ -85,6 +87,11 @@ fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() 
         ])
     };
 
+    let counter = || {
+        json_ok(&broker.admin(&["counter", "get", "default/badge-request/state-key"]))["value"]
+            .as_u64()
+            .unwrap()
+    };
     let guest = boot();
     let t = Target {
         agent: guest.agent.clone(),
@@ -92,6 +99,8 @@ fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() 
     };
     let deployed = json_ok(&deploy(&t, &bundle, true));
     assert_eq!(deployed["state"], "running", "{deployed}");
+    assert_eq!(deployed["state_version"], 1, "{deployed}");
+    assert_eq!(counter(), 1);
 
     let sample = repo_root().join("workloads/badge-request/sample/employees.json");
     let started = Instant::now();
@@ -161,16 +170,21 @@ fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() 
     assert_eq!(before["approved"], 3000, "{before}");
     assert_eq!(before["revoked"], 1, "{before}");
 
-    // Power off; boot again from the same encrypted disk; the owner redeploys.
+    // Power off; keep a copy of the disk as it is now (state version 1); boot again
+    // from the same encrypted disk; the owner redeploys.
     let (code, report) = guest.shutdown();
     assert_eq!(code, 0, "{report}");
+    let old_disk = d.join("state-v1.img");
+    std::fs::copy(&disk, &old_disk).unwrap();
     let guest = boot();
     let t = Target {
         agent: guest.agent.clone(),
-        reference,
+        reference: reference.clone(),
     };
     let deployed = json_ok(&deploy(&t, &bundle, true));
     assert_eq!(deployed["state"], "running", "{deployed}");
+    assert_eq!(deployed["state_version"], 2, "{deployed}");
+    assert_eq!(counter(), 2);
     let (code, after) = call(port, "GET", "/state", SEC, None);
     assert_eq!(code, 200);
     assert_eq!(
@@ -195,8 +209,63 @@ fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() 
         Some(&reason),
     );
     assert_eq!((code, v["status"].as_str()), (200, Some("revoked")), "{v}");
-    let (_, v) = call(port, "GET", "/state", SEC, None);
-    assert_eq!(v["version"], 5);
+    let (_, latest) = call(port, "GET", "/state", SEC, None);
+    assert_eq!(latest["version"], 5);
+    let (code, report) = guest.shutdown();
+    assert_eq!(code, 0, "{report}");
+
+    // Rollback: the host puts the older disk back. It unlocks (same appliance key),
+    // but its state is version 1 and the broker recorded 2: refused, nothing served.
+    let new_disk = d.join("state-v2.img");
+    std::fs::rename(&disk, &new_disk).unwrap();
+    std::fs::copy(&old_disk, &disk).unwrap();
+    let guest = boot();
+    let t = Target {
+        agent: guest.agent.clone(),
+        reference: reference.clone(),
+    };
+    let refused = deploy(&t, &bundle, false);
+    fails(&refused, "StateRolledBack");
+    fails(
+        &refused,
+        "the state on this appliance's disk is version 1 but the broker recorded version 2",
+    );
+    assert_eq!(
+        call(port, "GET", "/state", SEC, None).0,
+        0,
+        "nothing serves"
+    );
+    assert_eq!(
+        counter(),
+        2,
+        "a refused copy does not move the broker's record"
+    );
+    let (code, report) = guest.shutdown();
+    assert_eq!(code, 0, "{report}");
+
+    // The newest disk, but the broker now holds another state key: the folder was
+    // encrypted with the first one, so it is refused, naming both key identifiers.
+    std::fs::rename(&new_disk, &disk).unwrap();
+    let saved = d.join("state-key");
+    let path = "default/badge-request/state-key";
+    let saved_str = saved.to_str().unwrap();
+    ok(&broker.admin(&["resource", "get", path, "--out", saved_str]));
+    ok(&broker.admin(&["resource", "put", path, "--random", "32"]));
+    let guest = boot();
+    let t = Target {
+        agent: guest.agent.clone(),
+        reference,
+    };
+    let refused = deploy(&t, &bundle, false);
+    fails(&refused, "StateKeyMismatch");
+    fails(&refused, "the state was encrypted with key");
+    assert_eq!(counter(), 2);
+    ok(&broker.admin(&["resource", "put", path, "--file", saved_str]));
+
+    // With its own key, the newest disk is served at the next version, every record.
+    let deployed = json_ok(&deploy(&t, &bundle, true));
+    assert_eq!(deployed["state_version"], 3, "{deployed}");
+    assert_eq!(call(port, "GET", "/state", SEC, None).1, latest);
     let (code, report) = guest.shutdown();
     assert_eq!(code, 0, "{report}");
 }
