@@ -198,13 +198,18 @@ impl Store {
         Ok(out)
     }
 
-    /// The audit trail's entries after `after`, at most `limit`.
+    /// The audit trail's entries after `after`, at most `limit`, read line by line
+    /// (the trail grows with every change; it is never read whole into memory).
     pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        use std::io::BufRead as _;
         let head = self.head()?;
-        let bytes = self.audit_bytes(head.audit_len)?;
         let mut out = Vec::new();
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let e: Entry = serde_json::from_slice(line)
+        for line in self.audit_reader(head.audit_len)?.split(b'\n') {
+            let line = line.map_err(|e| io("read", &self.path("audit.jsonl"), e))?;
+            if line.is_empty() {
+                continue;
+            }
+            let e: Entry = serde_json::from_slice(&line)
                 .map_err(|e| StoreError(format!("audit trail is corrupt: {e}")))?;
             if e.seq > after {
                 out.push(e);
@@ -216,22 +221,23 @@ impl Store {
         Ok(out)
     }
 
-    fn audit_bytes(&self, len: u64) -> Result<Vec<u8>, StoreError> {
+    /// The applied part of the audit trail (its first `len` bytes); a trail shorter
+    /// than that is an error, never padded or read as less.
+    fn audit_reader(&self, len: u64) -> Result<Box<dyn std::io::BufRead>, StoreError> {
+        use std::io::Read as _;
         let p = self.path("audit.jsonl");
-        let mut bytes = match fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io("read", &p, e)),
+        let f = match fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && len == 0 => {
+                return Ok(Box::new(std::io::empty()));
+            }
+            Err(e) => return Err(io("open", &p, e)),
         };
-        if (bytes.len() as u64) < len {
-            return Err(StoreError(format!(
-                "audit trail {} is shorter ({} bytes) than its head says ({len})",
-                p.display(),
-                bytes.len()
-            )));
+        let actual = f.metadata().map_err(|e| io("stat", &p, e))?.len();
+        if actual < len {
+            return Err(shorter(&p, actual, len));
         }
-        bytes.truncate(len as usize);
-        Ok(bytes)
+        Ok(Box::new(std::io::BufReader::new(f.take(len))))
     }
 
     /// Counts and a digest of the records and the audit trail.
@@ -257,7 +263,18 @@ impl Store {
             h.update(&line);
             h.update(b"\n");
         }
-        h.update(self.audit_bytes(head.audit_len)?);
+        let mut audit = self.audit_reader(head.audit_len)?;
+        loop {
+            let chunk = audit
+                .fill_buf()
+                .map_err(|e| io("read", &self.path("audit.jsonl"), e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            h.update(chunk);
+            let n = chunk.len();
+            audit.consume(n);
+        }
         s.sha256 = hex(&h.finalize());
         Ok(s)
     }
@@ -306,7 +323,12 @@ impl Store {
             .truncate(false)
             .open(&audit)
             .map_err(|e| io("open", &audit, e))?;
-        // Whatever a crashed attempt appended past the applied length goes.
+        // Whatever a crashed attempt appended past the applied length goes; a trail
+        // shorter than the head says is damage, refused rather than padded.
+        let actual = f.metadata().map_err(|e| io("stat", &audit, e))?.len();
+        if actual < head.audit_len {
+            return Err(shorter(&audit, actual, head.audit_len));
+        }
         f.set_len(head.audit_len)
             .and_then(|()| {
                 use std::io::Seek as _;
@@ -393,6 +415,13 @@ impl Store {
             Err(e) => Err(io("sync", &p, e)),
         }
     }
+}
+
+fn shorter(p: &Path, actual: u64, len: u64) -> StoreError {
+    StoreError(format!(
+        "audit trail {} is shorter ({actual} bytes) than its head says ({len})",
+        p.display()
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -436,3 +436,21 @@ fn equal_histories_have_equal_digests() {
     call(&b.0, "POST", "/badges/B000001/approve", BOSS, &Value::Null);
     assert_ne!(state(&a)["sha256"], state(&b)["sha256"]);
 }
+
+#[test]
+fn an_audit_trail_shorter_than_its_head_is_refused_never_padded() {
+    let d = Dir::new("audit-cut");
+    assert_eq!(request_ada(&d.0).status, 201);
+    let audit = d.0.join("audit.jsonl");
+    let good = std::fs::read(&audit).unwrap();
+    std::fs::write(&audit, &good[..good.len() - 5]).unwrap();
+    for path in ["/audit", "/state"] {
+        let r = call(&d.0, "GET", path, SEC, &Value::Null);
+        assert_eq!(r.status, 500, "{path}");
+        assert!(error(&r).contains("is shorter"), "{path}: {:?}", r.body);
+    }
+    // A change is refused too, and the trail is left as it was (not padded).
+    let r = call(&d.0, "POST", "/badges/B000001/approve", BOSS, &Value::Null);
+    assert_eq!(r.status, 500, "{:?}", r.body);
+    assert_eq!(std::fs::read(&audit).unwrap(), &good[..good.len() - 5]);
+}
