@@ -2,7 +2,8 @@
 //! broker straight from the image folder: each target's document arrives as recorded,
 //! a shape the grid lacks is named with the command that computes it, and a
 //! `measurements.json` changed after the build (the manifest no longer lists it) is
-//! refused without touching the broker's registered values. That the recorded PCRs are
+//! refused without touching the broker's registered values, as is a consistent forgery
+//! (manifest rewritten too) when the approved image identity is given. That the recorded PCRs are
 //! what a real vTPM reports is checked in `attest.rs` (direct boot) and `uefi.rs` (disk).
 
 #![allow(clippy::unwrap_used)]
@@ -110,4 +111,50 @@ fn recorded_reference_values_import_from_the_image_and_a_tampered_file_is_refuse
     let after = registered(&broker);
     assert!(after.get("forged").is_none(), "{after}");
     assert_eq!(after, refs);
+
+    // A consistent forgery (the manifest rewritten to list the forged file) is a
+    // different image: with the approved identity (`cvm build` prints it) it is
+    // refused, naming both; the real image imports under the same check.
+    let sha256 = |p: &std::path::Path| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+    };
+    let manifest = std::fs::read_to_string(image().join("manifest.json")).unwrap();
+    let listed = sha256(&image().join("measurements.json"));
+    assert!(manifest.contains(&listed));
+    let forged_sha = sha256(&twin.join("measurements.json"));
+    std::fs::write(
+        twin.join("manifest.json"),
+        manifest.replace(&listed, &forged_sha),
+    )
+    .unwrap();
+    let approved = sha256(&image().join("manifest.json"));
+    let import_twin = |extra: &[&str]| {
+        let mut args = vec![
+            "reference",
+            "import",
+            "--image",
+            twin.to_str().unwrap(),
+            "--target",
+            "qemu",
+            "--name",
+            "forged",
+        ];
+        args.extend_from_slice(extra);
+        broker.admin(&args)
+    };
+    let o = import_twin(&["--identity", &approved]);
+    fails(
+        &o,
+        &format!("not the approved {approved}: nothing registered"),
+    );
+    assert!(registered(&broker).get("forged").is_none());
+    ok(&import(
+        "approved",
+        &["--target", "qemu", "--identity", &approved],
+    ));
+    assert_eq!(registered(&broker)["approved"], rec["qemu"]["reference"]);
 }
