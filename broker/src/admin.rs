@@ -92,7 +92,9 @@ impl Broker {
         self.admin("set-resource", Some(path), bearer, peer, || {
             let p = ResourcePath::parse(path)
                 .map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
-            // Under the admin lock, so two create-only writes cannot both succeed.
+            // Under the admin lock, so a create-only write and another write of the
+            // same path cannot interleave between the check and the write.
+            let _held = self.lock_admin();
             if create_only && self.store.get_resource(&p)?.is_some() {
                 return Err(KbsError::ResourceExists(p.to_string()));
             }

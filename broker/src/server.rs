@@ -203,6 +203,9 @@ async fn dispatch(
             broker.admin_remove_resource(bearer, &r["/resource/".len()..], peer)?;
             Ok(empty())
         }
+        // The key attestation tokens are signed with (a JWK), for peers that check a
+        // token as a passport. Public, like a certificate.
+        (&Method::GET, "/token-key") => json(&broker.token_key.public_jwk()),
         (&Method::GET, r) if r.starts_with("/counter/") => {
             json(&broker.counter(session, bearer, &r["/counter/".len()..], peer)?)
         }
@@ -220,7 +223,7 @@ async fn dispatch(
                 "application/octet-stream",
             ))
         }
-        (_, "/auth" | "/attest" | "/resource-policy" | "/reference-values") => {
+        (_, "/auth" | "/attest" | "/resource-policy" | "/reference-values" | "/token-key") => {
             Err(KbsError::MethodNotAllowed(method.to_string()))
         }
         (_, r)

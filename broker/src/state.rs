@@ -176,6 +176,13 @@ impl Broker {
             }
             None => ReferenceSet::default(),
         };
+        let token_path = config.dir.join("token.key");
+        let token_key =
+            TokenKey::load_or_generate(&token_path).map_err(|source| StartError::Read {
+                what: "token key",
+                path: token_path,
+                source,
+            })?;
         let audit_path = config.dir.join("audit.log");
         let audit = Audit::open(&audit_path).map_err(|source| StartError::Read {
             what: "audit log",
@@ -184,7 +191,7 @@ impl Broker {
         })?;
         Ok(Self {
             sessions: Sessions::new(config.session_lifetime, MAX_SESSIONS),
-            token_key: TokenKey::generate(),
+            token_key,
             config,
             store,
             admin_key,

@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use rand_core::OsRng;
 use serde_json::{Value, json};
@@ -16,33 +16,7 @@ use serde_json::{Value, json};
 pub const EAT_PROFILE: &str = "tag:github.com,2024:confidential-containers/Trustee";
 /// Our issuer name.
 pub const ISSUER: &str = "cvm-broker";
-/// Largest token accepted back from a client.
-pub const MAX_TOKEN: usize = 64 << 10;
-
-/// A token that does not verify.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
-    /// Not a JWT with JSON header and claims.
-    #[error("attestation token is malformed: {0}")]
-    Malformed(&'static str),
-    /// Not ES256.
-    #[error("attestation token algorithm {0:?} is not ES256")]
-    Algorithm(String),
-    /// Not signed by this broker.
-    #[error("attestation token signature does not verify with this broker's key")]
-    Signature,
-    /// Expired.
-    #[error("attestation token expired at {exp} (now {now})")]
-    Expired {
-        /// Expiry.
-        exp: u64,
-        /// Now.
-        now: u64,
-    },
-    /// The claims lack the TEE public key.
-    #[error("attestation token carries no tee-pubkey")]
-    NoTeeKey,
-}
+pub use cvm_kbs_client::passport::{MAX_TOKEN, TokenError};
 
 /// The broker's token key.
 pub struct TokenKey(SigningKey);
@@ -71,9 +45,49 @@ pub struct Appraisal {
 }
 
 impl TokenKey {
-    /// A fresh key (the broker makes one at start: tokens outlive no broker).
+    /// A fresh key.
     pub fn generate() -> Self {
         Self(SigningKey::random(&mut OsRng))
+    }
+
+    /// The key stored at `path` (the 32-byte scalar, hex), made and stored (mode 0600,
+    /// temporary file, fsync, rename) if there is none: peers check passports, and
+    /// `cvm migrate --verify` checks certificates, against this key, so it outlives a
+    /// restart of the broker.
+    pub fn load_or_generate(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let bad = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} {what}", path.display()),
+            )
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = zeroize::Zeroizing::new(
+                    hex::decode(text.trim()).map_err(|_| bad("is not hex"))?,
+                );
+                SigningKey::from_slice(&bytes)
+                    .map(Self)
+                    .map_err(|_| bad("is not a P-256 private key"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(zeroize::Zeroizing::new(hex::encode(key.0.to_bytes())).as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)?;
+                Ok(key)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The public key as a JWK (also in every token's header).
@@ -125,39 +139,7 @@ impl TokenKey {
 
 /// Verify a token with `key`; return its claims.
 pub fn verify_with(key: &VerifyingKey, token: &str, now: u64) -> Result<Value, TokenError> {
-    if token.len() > MAX_TOKEN {
-        return Err(TokenError::Malformed("too long"));
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed("not three dot-separated parts"));
-    };
-    let decode = |p: &str, what| {
-        URL_SAFE_NO_PAD
-            .decode(p)
-            .map_err(|_| TokenError::Malformed(what))
-    };
-    let header: Value = serde_json::from_slice(&decode(h, "header is not base64url")?)
-        .map_err(|_| TokenError::Malformed("header is not JSON"))?;
-    let alg = header["alg"].as_str().unwrap_or_default();
-    if alg != "ES256" {
-        return Err(TokenError::Algorithm(alg.to_owned()));
-    }
-    let sig = Signature::from_slice(&decode(s, "signature is not base64url")?)
-        .map_err(|_| TokenError::Signature)?;
-    key.verify(&token.as_bytes()[..h.len() + 1 + c.len()], &sig)
-        .map_err(|_| TokenError::Signature)?;
-    let claims: Value = serde_json::from_slice(&decode(c, "claims are not base64url")?)
-        .map_err(|_| TokenError::Malformed("claims are not JSON"))?;
-    let exp = claims["exp"]
-        .as_u64()
-        .ok_or(TokenError::Malformed("no exp claim"))?;
-    if now >= exp {
-        return Err(TokenError::Expired { exp, now });
-    }
-    Ok(claims)
+    cvm_kbs_client::passport::verify_token(key, token, now)
 }
 
 /// The TEE public key a token's resources are to be encrypted to.

@@ -419,6 +419,8 @@ mod tests {
         let selected = [
             "CONFIG_TSM_REPORTS",
             "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS",
+            // Selected by EXT4_FS when FS_ENCRYPTION is on.
+            "CONFIG_FS_ENCRYPTION_ALGS",
         ];
         for line in REQUIRED.lines().filter(|l| l.starts_with("CONFIG_")) {
             let name = line.split('=').next().unwrap();

@@ -334,4 +334,12 @@ impl KbsClient {
             Err(e) => Err(e),
         }
     }
+
+    /// The broker's token key (a P-256 JWK), to check its tokens as passports. Asked
+    /// over the pinned TLS connection, which is what makes the answer trustworthy.
+    pub fn token_key(&mut self) -> Result<serde_json::Value, ClientError> {
+        let resp = self.retrying("token key", |c| c.call("GET", "/kbs/v0/token-key", None))?;
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| ClientError::Protocol(format!("token key: {e}")))
+    }
 }

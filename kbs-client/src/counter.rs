@@ -1,10 +1,15 @@
-//! Monotonic counters the broker keeps for attested TEEs: cvm's one extension of the
+//! Monotonic counters the broker keeps for attested TEEs: an extension of the
 //! KBS protocol (`GET`/`POST /kbs/v0/counter/<repo>/<type>/<tag>`). A counter is read
 //! and advanced with the same attestation token and the same resource policy as the
 //! resource at that path, so only an appliance that may have a workload's state key
 //! can move that workload's state version. Advancing is a compare-and-set: the
 //! broker refuses (409 `CounterConflict`) unless the counter still holds `expect`,
 //! and refuses any value that does not move forward.
+//!
+//! Unlike a resource, which is encrypted to the TEE key the evidence bound, a counter
+//! answers whoever presents the token: the token lives minutes and only crosses the
+//! guest's pinned TLS connection to the broker, so in practice that is the attested
+//! guest; a leaked token could move a counter forward (refusing service), never back.
 
 use serde::{Deserialize, Serialize};
 

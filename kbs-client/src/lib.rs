@@ -5,6 +5,7 @@
 //! Key material only ever exists in memory, is zeroised on drop, and is never logged.
 //!
 //! - [`client`]: the handshake and resource fetch, over [`http`] (rustls, pinned CA).
+//! - [`passport`]: the broker's attestation token checked as a passport for a key.
 //! - [`counter`]: the broker's monotonic counters (cvm's extension).
 //! - [`attester`]: what a TEE contributes (`tpm` with feature `tpm`; `sample` for dev).
 //! - The wire rules: [`report_data`] (JCS + SHA-384), [`tee_key`] and [`jwe`],
@@ -18,6 +19,7 @@ pub mod counter;
 pub mod http;
 pub mod initdata;
 pub mod jwe;
+pub mod passport;
 pub mod report_data;
 pub mod resource_path;
 pub mod tee_key;

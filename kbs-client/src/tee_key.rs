@@ -33,6 +33,16 @@ impl TeeKey {
         TeeKey::P256(p256::SecretKey::random(&mut OsRng))
     }
 
+    /// An existing P-256 key (PKCS#8 DER): the agent's TLS key, so the broker's token
+    /// names the key peers reach over TLS. Only attest with it: resources are fetched
+    /// in sessions with fresh keys, so the TLS key is never used for ECDH.
+    pub fn from_p256_pkcs8(der: &[u8]) -> Result<Self, JweError> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        p256::SecretKey::from_pkcs8_der(der)
+            .map(TeeKey::P256)
+            .map_err(|e| JweError::Recipient(format!("not a P-256 PKCS#8 key: {e}")))
+    }
+
     /// A fresh RSA key of `bits` (at least 2048).
     pub fn generate_rsa(bits: usize) -> Result<Self, JweError> {
         if bits < 2048 {

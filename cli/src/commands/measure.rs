@@ -177,8 +177,11 @@ pub fn recorded_reference(
 ) -> anyhow::Result<(String, serde_json::Value)> {
     use cvm_image::measurements::Measurements;
     let manifest_path = image.join(cvm_image::files::MANIFEST);
-    let identity = cvm_image::identity(&read("image manifest", &manifest_path)?);
-    let m = super::read_manifest(image)?;
+    // One read: the identity and the listing are of the same bytes.
+    let manifest_bytes = read("image manifest", &manifest_path)?;
+    let identity = cvm_image::identity(&manifest_bytes);
+    let m: cvm_image::Manifest = serde_json::from_slice(&manifest_bytes)
+        .with_context(|| format!("{} is malformed", manifest_path.display()))?;
     let listed = m.measurements.as_ref().with_context(|| {
         format!(
             "image {} has no measurements.json (built by an older cvm): rebuild it",

@@ -47,7 +47,8 @@ pub struct SealArgs {
     #[arg(long)]
     pub key_resource: String,
     /// Broker resource path of the key that encrypts the workload's state (policies
-    /// with preopens) [default: REPOSITORY/TYPE/state-key of --key-resource].
+    /// with preopens; one per workload) [default: REPOSITORY/NAME/state-key, with the
+    /// repository of --key-resource].
     #[arg(long)]
     pub state_key_resource: Option<String>,
     /// The owner's private key (`cvm keygen`).
@@ -170,7 +171,7 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
             "--state-key-resource: the policy has no preopens, so the workload has no state"
         ),
         (Some(r), false) => Some(r.clone()),
-        (None, false) => Some(default_state_resource(&args.key_resource)?),
+        (None, false) => Some(default_state_resource(&args.key_resource, &name)?),
         (None, true) => None,
     };
     let key = random_key(cvm_runtime::bundle::KEY_LEN)?;
@@ -265,16 +266,17 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
 /// Bytes of a workload state key (the agent stretches it for fscrypt).
 pub const STATE_KEY_LEN: usize = 32;
 
-/// `REPOSITORY/TYPE/state-key` beside the content key.
-pub fn default_state_resource(key_resource: &str) -> anyhow::Result<String> {
-    let parts: Vec<&str> = key_resource.split('/').collect();
-    let derived = match parts.as_slice() {
-        [repo, kind, _] => format!("{repo}/{kind}/state-key"),
+/// `REPOSITORY/NAME/state-key`: the content key's repository, and the workload's name,
+/// so two workloads never share a state key (or its version counter).
+pub fn default_state_resource(key_resource: &str, name: &str) -> anyhow::Result<String> {
+    let repo = match key_resource.split('/').collect::<Vec<_>>().as_slice() {
+        [repo, _, _] => (*repo).to_owned(),
         _ => anyhow::bail!("--key-resource {key_resource} is not repository/type/tag"),
     };
+    let derived = format!("{repo}/{name}/state-key");
     anyhow::ensure!(
         derived != key_resource,
-        "--key-resource is named state-key: pass --state-key-resource"
+        "--key-resource is {derived}, the default state key: pass --state-key-resource"
     );
     Ok(derived)
 }
