@@ -10,8 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod certificate;
 #[cfg(feature = "confine")]
 pub mod confine;
 pub mod confinement;
 pub mod launch;
+pub mod migration;
 pub mod policy;
+pub mod snapshot;
