@@ -4,8 +4,11 @@
 //! so this client never trusts it by itself: an [`Agent`] is either *unverified* (the
 //! key is recorded, not checked: public answers and the attestation exchange itself)
 //! or *pinned* to the SHA-256 of the SubjectPublicKeyInfo that attestation proved
-//! (`crate::attested`), and a pinned connection to any other key fails in the handshake,
+//! (`cvm`'s `attested` module, or a peer's passport), and a pinned connection to any other key fails in the handshake,
 //! before a byte of the request is sent.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};
@@ -25,6 +28,7 @@ pub struct Agent {
     /// HOST:PORT.
     pub addr: String,
     pin: Option<[u8; 32]>,
+    timeout: Duration,
 }
 
 impl Agent {
@@ -34,6 +38,7 @@ impl Agent {
         Self {
             addr: addr.to_owned(),
             pin: None,
+            timeout: TIMEOUT,
         }
     }
 
@@ -43,7 +48,15 @@ impl Agent {
         Self {
             addr: addr.to_owned(),
             pin: Some(key_sha256),
+            timeout: TIMEOUT,
         }
+    }
+
+    /// The same agent, waiting up to `timeout` for each read and write (a request the
+    /// agent answers only after long work, such as a migration).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The pinned key's hash, if any.
@@ -134,9 +147,9 @@ fn connect(agent: &Agent) -> Result<(TlsStream, [u8; 32]), std::io::Error> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other("address resolves to nothing"))?;
-    let tcp = TcpStream::connect_timeout(&sock, TIMEOUT)?;
-    tcp.set_read_timeout(Some(TIMEOUT))?;
-    tcp.set_write_timeout(Some(TIMEOUT))?;
+    let tcp = TcpStream::connect_timeout(&sock, TIMEOUT.min(agent.timeout))?;
+    tcp.set_read_timeout(Some(agent.timeout))?;
+    tcp.set_write_timeout(Some(agent.timeout))?;
     tcp.set_nodelay(true)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(KeyVerifier {
@@ -168,7 +181,7 @@ fn connect(agent: &Agent) -> Result<(TlsStream, [u8; 32]), std::io::Error> {
     Ok((stream, key))
 }
 
-/// Per-request timeout.
+/// Per-read and per-write timeout, unless [`Agent::with_timeout`] says otherwise.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest response body accepted.
 pub const MAX_BODY: usize = 16 << 20;

@@ -9,7 +9,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use cvm_cli::agent_client::{self, Agent, AgentClientError};
+use cvm_agent_client::{self as agent_client, Agent, AgentClientError};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest as _, Sha256};
 
@@ -104,7 +104,12 @@ fn another_key_is_refused_before_the_request_is_sent() {
     )
     .unwrap_err();
     assert!(matches!(err, AgentClientError::Io { .. }), "{err:?}");
-    let text = format!("{:#}", anyhow::Error::from(err));
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
     assert!(text.contains("not the attested key"), "{text}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(

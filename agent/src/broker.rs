@@ -10,6 +10,7 @@ use cvm_kbs_client::attester::guest;
 use cvm_kbs_client::client::{ClientConfig, ClientError, KbsClient};
 use cvm_kbs_client::counter::{Counter, CounterUpdate};
 use cvm_kbs_client::http::BrokerTls;
+use cvm_kbs_client::tee_key::TeeKey;
 use zeroize::Zeroizing;
 
 /// Per-request timeout.
@@ -78,15 +79,36 @@ impl Broker {
     /// Attest with this guest's evidence (blocking): a session for several resources
     /// and counters under one token.
     pub fn session(&self, runtime_log: &EventLog) -> Result<BrokerSession, String> {
+        let mut client = KbsClient::new(self.config()).map_err(chain)?;
+        let mut attester = guest::attester(guest::detect(), self.tcti.as_deref(), runtime_log)?;
+        client.attest(attester.as_mut()).map_err(chain)?;
+        Ok(BrokerSession { client })
+    }
+
+    /// Attest with the agent's TLS key as the TEE key (blocking): the broker's token
+    /// then names the key peers reach over TLS (a passport, see
+    /// `cvm_kbs_client::passport`). Nothing is fetched in this session, so the TLS key
+    /// never serves for ECDH. Returns the token and the broker's token key (JWK).
+    pub fn passport(
+        &self,
+        runtime_log: &EventLog,
+        tls_key_pkcs8: &[u8],
+    ) -> Result<(String, serde_json::Value), String> {
+        let tee_key = TeeKey::from_p256_pkcs8(tls_key_pkcs8).map_err(|e| e.to_string())?;
+        let mut client = KbsClient::with_tee_key(self.config(), tee_key).map_err(chain)?;
+        let mut attester = guest::attester(guest::detect(), self.tcti.as_deref(), runtime_log)?;
+        let token = client.attest(attester.as_mut()).map_err(chain)?;
+        let key = client.token_key().map_err(chain)?;
+        Ok((token, key))
+    }
+
+    fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(&self.url, self.tls.clone());
         config.timeout = TIMEOUT;
         config.retries = RETRIES;
         config.backoff = BACKOFF;
         config.init_data = Some(self.initdata.clone());
-        let mut client = KbsClient::new(config).map_err(chain)?;
-        let mut attester = guest::attester(guest::detect(), self.tcti.as_deref(), runtime_log)?;
-        client.attest(attester.as_mut()).map_err(chain)?;
-        Ok(BrokerSession { client })
+        config
     }
 }
 

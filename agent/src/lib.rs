@@ -20,6 +20,7 @@ pub mod broker;
 pub mod enforce;
 pub mod fscrypt;
 pub mod measurements;
+pub mod passport;
 pub mod runtime_log;
 pub mod secrets;
 mod sys;
@@ -68,6 +69,8 @@ pub struct AgentState {
     /// SHA-256 (hex) of the agent's TLS public key, which owner signatures cover, so a
     /// signed request cannot be replayed to another appliance.
     pub tls_key_sha256: String,
+    /// The broker's attestation tokens for the TLS key.
+    pub passports: Arc<passport::Passports>,
 }
 
 /// Serve until SIGTERM.
@@ -119,6 +122,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let events = enforcer.as_ref().ok().map(|e| e.events());
+    let passports = Arc::new(passport::Passports::new(
+        broker.clone(),
+        tls.key_pkcs8.clone(),
+        measurements.clone(),
+    ));
     let workloads = Arc::new(workloads::Workloads::new(workloads::Context {
         runtime: args.runtime.clone(),
         run_dir: args.run_dir.clone(),
@@ -129,6 +137,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         measurements: measurements.clone(),
         enforcer,
         holder: holder_name(args.state_dir.as_deref(), &tls.key_sha256),
+        passports: passports.clone(),
+        tls_key_sha256: hex::encode(tls.key_sha256),
+        tls_key_pkcs8: tls.key_pkcs8.clone(),
     }));
     match events {
         Some(Ok(ring)) => {
@@ -158,6 +169,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         workloads,
         replay: api::auth::ReplayGuard::default(),
         tls_key_sha256: hex::encode(tls.key_sha256),
+        passports,
     });
     let mut term = signal(SignalKind::terminate())?;
     println!("{}{local}", cvm_proto::console::AGENT_READY);

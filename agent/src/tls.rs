@@ -28,6 +28,8 @@ pub struct AgentTls {
     pub config: Arc<rustls::ServerConfig>,
     /// SHA-256 of the public key's SubjectPublicKeyInfo (DER).
     pub key_sha256: [u8; 32],
+    /// The private key (PKCS#8 DER), for the broker to name in a passport.
+    pub key_pkcs8: Arc<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 impl AgentTls {
@@ -41,6 +43,7 @@ impl AgentTls {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "cvm agent (attested)");
         let cert = params.self_signed(&key)?;
+        let key_pkcs8 = Arc::new(zeroize::Zeroizing::new(key.serialize_der()));
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -51,6 +54,7 @@ impl AgentTls {
         Ok(Self {
             config: Arc::new(config),
             key_sha256,
+            key_pkcs8,
         })
     }
 }

@@ -5,7 +5,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod agent_client;
+/// The agent API client (its own crate: appliances use it to reach each other too).
+pub use cvm_agent_client as agent_client;
 pub mod appraise;
 pub mod attested;
 pub mod commands;
@@ -68,6 +69,9 @@ pub enum Command {
     Stop(commands::workload::NameArgs),
     /// Remove a workload and its state.
     Rm(commands::workload::NameArgs),
+    /// Move a workload with its sealed state to another appliance (both attested; the
+    /// broker's lease decides), or check the certificates of a migration (--verify).
+    Migrate(commands::migrate::MigrateArgs),
 }
 
 /// Run one command.
@@ -92,5 +96,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(a) => commands::workload::logs(a),
         Command::Stop(a) => commands::workload::stop(a),
         Command::Rm(a) => commands::workload::rm(a),
+        Command::Migrate(a) => commands::migrate::run(a),
     }
 }

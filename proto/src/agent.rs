@@ -47,6 +47,19 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
+/// `GET /v1/attestation/passport`: the broker's attestation token for the agent's TLS
+/// key (see `cvm_kbs_client::passport`) and the broker's key to check it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassportBody {
+    /// The broker the appliance attested to (its init-data's).
+    pub broker: String,
+    /// The broker's token key, a P-256 JWK.
+    pub broker_key: serde_json::Value,
+    /// The token (an EAR JWT).
+    pub token: String,
+}
+
 /// `GET /v1/attestation?nonce=HEX[&tee=tpm|snp|tdx|az-snp-vtpm|az-tdx-vtpm]`:
 /// fresh evidence and the logs to replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

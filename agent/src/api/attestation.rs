@@ -1,5 +1,6 @@
 //! `GET /v1/attestation/identity`, `POST /v1/attestation/activate`,
-//! `GET /v1/attestation?nonce=HEX` (evidence bound to the agent's TLS key).
+//! `GET /v1/attestation?nonce=HEX` (evidence bound to the agent's TLS key),
+//! `GET /v1/attestation/passport` (the broker's token for that key).
 
 use std::sync::Arc;
 
@@ -96,4 +97,21 @@ pub async fn evidence(att: Arc<Attestation>, query: Option<&str>) -> Response<Bo
         }
     };
     blocking(att, move |a| a.evidence(&tee, &nonce)).await
+}
+
+/// `GET /v1/attestation/passport`.
+pub async fn passport(passports: Arc<crate::passport::Passports>) -> Response<Body> {
+    let now = crate::workloads::now_ms() / 1000;
+    match tokio::task::spawn_blocking(move || passports.get(now)).await {
+        Ok(Ok(body)) => json(StatusCode::OK, &body),
+        Ok(Err(e)) => {
+            warn!(error = %e, "no passport");
+            error(StatusCode::SERVICE_UNAVAILABLE, "NoPassport", e)
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("passport task failed: {e}"),
+        ),
+    }
 }

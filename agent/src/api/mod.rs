@@ -91,13 +91,20 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>
 async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    if path == "/v1/workloads" || path.starts_with("/v1/workloads/") || path == "/v1/metrics" {
+    if path == "/v1/workloads"
+        || path.starts_with("/v1/workloads/")
+        || path == "/v1/metrics"
+        || path == "/v1/migrations"
+    {
         return route_workloads(req, state).await;
     }
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => healthz::get(),
         (&Method::GET, "/v1/eventlog") => eventlog::get(state),
         (&Method::GET, "/v1/state") => state::get(state),
+        (&Method::GET, "/v1/attestation/passport") => {
+            attestation::passport(state.passports.clone()).await
+        }
         (&Method::GET, "/v1/attestation/identity") => {
             attestation::identity(state.attestation.clone()).await
         }
@@ -116,6 +123,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
             | "/v1/eventlog"
             | "/v1/state"
             | "/v1/attestation/identity"
+            | "/v1/attestation/passport"
             | "/v1/attestation"
             | "/v1/attestation/activate",
         ) => error(
@@ -143,6 +151,14 @@ async fn route_workloads(req: Request<Incoming>, state: &Arc<AgentState>) -> Res
             Err(resp) => resp,
         };
     }
+    // Another appliance's offer: authorised by its release certificate (signed by an
+    // appliance the broker affirmed, naming this one), not by an owner.
+    if method == Method::POST && path == "/v1/migrations" {
+        return match read_body(body, crate::workloads::migrate::MAX_OFFER).await {
+            Ok(offer) => workloads::receive(&state.workloads, &offer).await,
+            Err(resp) => resp,
+        };
+    }
     let body = match read_body(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -167,6 +183,7 @@ async fn route_workloads(req: Request<Incoming>, state: &Arc<AgentState>) -> Res
         (&Method::DELETE, _, "") if !name.is_empty() => workloads::remove(w, name, &owner).await,
         (&Method::GET, _, "logs") => workloads::logs(w, name, &owner, parts.uri.query()),
         (&Method::POST, _, "stop") => workloads::stop(w, name, &owner).await,
+        (&Method::POST, _, "migrate") => workloads::migrate(w, name, &owner, &body).await,
         _ => error(
             StatusCode::NOT_FOUND,
             "NotFound",

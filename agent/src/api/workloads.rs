@@ -14,11 +14,28 @@ use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
 use super::{Body, error, json};
+use crate::workloads::migrate::{self, MigrateError};
 use crate::workloads::{DeployError, WorkloadError, Workloads};
+use cvm_runtime::migration::{MigrateRequest, Offer};
 
 /// `POST /v1/workloads`.
 pub async fn deploy(w: &Arc<Workloads>, bundle: &[u8]) -> Response<Body> {
-    match crate::workloads::deploy::deploy(w, bundle).await {
+    // On its own task: a client that goes away must not cancel a deploy halfway
+    // (after the state was opened, or with the runtime started).
+    let (w, bundle) = (w.clone(), bundle.to_vec());
+    let deployed =
+        tokio::spawn(async move { crate::workloads::deploy::deploy(&w, &bundle).await }).await;
+    let deployed = match deployed {
+        Ok(d) => d,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                format!("deploy task failed: {e}"),
+            );
+        }
+    };
+    match deployed {
         Ok(status) => json(StatusCode::CREATED, &status),
         Err(e) => {
             let status = match &e {
@@ -55,10 +72,66 @@ fn workload_error(e: WorkloadError) -> Response<Body> {
     match e {
         WorkloadError::NotFound(_) => error(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
         WorkloadError::NotRunning(_) => error(StatusCode::CONFLICT, "NotRunning", e.to_string()),
+        WorkloadError::Busy(_) => error(StatusCode::CONFLICT, "Busy", e.to_string()),
         WorkloadError::RemovalNotRecorded { .. } => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "RemovalNotRecorded",
             e.to_string(),
+        ),
+    }
+}
+
+fn migrate_error(e: MigrateError) -> Response<Body> {
+    let status = match &e {
+        MigrateError::Workload(WorkloadError::NotFound(_)) => StatusCode::NOT_FOUND,
+        MigrateError::Workload(_) | MigrateError::NoState(_) => StatusCode::CONFLICT,
+        MigrateError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        MigrateError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        MigrateError::Refused(_) => StatusCode::FORBIDDEN,
+        MigrateError::Deploy(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, e.kind(), e.to_string())
+}
+
+/// `POST /v1/workloads/NAME/migrate` (owner-signed): the report, whatever the outcome.
+pub async fn migrate(w: &Arc<Workloads>, name: &str, owner: &[u8], body: &[u8]) -> Response<Body> {
+    let req: MigrateRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("migrate request: {e}"),
+            );
+        }
+    };
+    // Its own task: a client that goes away must not stop a migration halfway.
+    let (w, name, owner) = (w.clone(), name.to_owned(), owner.to_vec());
+    match tokio::spawn(async move { migrate::migrate(&w, &name, &owner, req).await }).await {
+        Ok(Ok(report)) => json(StatusCode::OK, &report),
+        Ok(Err(e)) => migrate_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("migration task failed: {e}"),
+        ),
+    }
+}
+
+/// `POST /v1/migrations`: another appliance's offer; the acceptance certificate.
+pub async fn receive(w: &Arc<Workloads>, body: &[u8]) -> Response<Body> {
+    let offer: Offer = match serde_json::from_slice(body) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", format!("offer: {e}")),
+    };
+    let w = w.clone();
+    match tokio::spawn(async move { migrate::receive(&w, offer).await }).await {
+        Ok(Ok(acceptance)) => json(StatusCode::OK, &acceptance),
+        Ok(Err(e)) => migrate_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("migration task failed: {e}"),
         ),
     }
 }

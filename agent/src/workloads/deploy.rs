@@ -21,6 +21,8 @@ use tracing::{info, warn};
 
 use super::{Entry, Workloads, now_ms, process, proxy, sealed_state};
 
+/// The owner's bundle, kept in the workload's run folder (tmpfs, root-only).
+pub const BUNDLE_FILE: &str = "bundle.cbor";
 /// Most workloads one appliance holds.
 pub const MAX_WORKLOADS: usize = 512;
 /// Largest linear memory one workload may ask for, MiB.
@@ -110,12 +112,45 @@ impl DeployError {
 
 /// Deploy `bytes`; returns the workload's status once its runtime is ready.
 pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, DeployError> {
+    deploy_with(w, bytes, None).await
+}
+
+/// A migration's incoming state: installed in place of opening the disk's state.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The sealed snapshot (its header checked against the release).
+    pub snapshot: cvm_runtime::snapshot::Parsed,
+    /// The version the source released.
+    pub released: u64,
+    /// The migration's id.
+    pub migration: String,
+    /// This agent's TLS key sha256 (hex), which the release names.
+    pub me_key: String,
+    /// The manifest digest (hex) the release names.
+    pub manifest_sha256: String,
+}
+
+/// Deploy `bytes`, with the state a migration brings (`incoming`) or the disk's.
+pub async fn deploy_with(
+    w: &Arc<Workloads>,
+    bytes: &[u8],
+    incoming: Option<Incoming>,
+) -> Result<WorkloadStatus, DeployError> {
     // (1) Structure and signature.
     let verified = bundle::parse(bytes)
         .and_then(|p| p.verify(&w.ctx.owners))
         .map_err(DeployError::Bundle)?;
     let manifest = verified.manifest().clone();
     let owner = verified.owner_kid().to_vec();
+    if let Some(inc) = &incoming {
+        let digest = hex::encode(verified.manifest_digest());
+        if digest != inc.manifest_sha256 || manifest.state_key_resource.is_none() {
+            return Err(DeployError::NotAllowed(format!(
+                "the migration released manifest sha256 {} with state, this bundle is {digest}",
+                inc.manifest_sha256
+            )));
+        }
+    }
     // (2) Admission: policy, name, port.
     admit(w, &manifest)?;
     let entry = reserve(
@@ -195,17 +230,25 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
             let mut session = broker.session(&measurements.current()?)?;
             let key = session.resource(&wanted)?;
             let opened = sealed.map(|(r, mount, dir, files)| {
-                sealed_state::open(
-                    &mut session,
-                    &r,
-                    &sealed_state::Place {
-                        mount: &mount,
-                        dir: &dir,
-                        files: &files,
-                        name: &name,
-                        holder: &holder,
-                    },
-                )
+                let place = sealed_state::Place {
+                    mount: &mount,
+                    dir: &dir,
+                    files: &files,
+                    name: &name,
+                    holder: &holder,
+                };
+                match &incoming {
+                    Some(inc) => sealed_state::accept(
+                        &mut session,
+                        &r,
+                        &place,
+                        &inc.snapshot,
+                        inc.released,
+                        &inc.migration,
+                        &inc.me_key,
+                    ),
+                    None => sealed_state::open(&mut session, &r, &place),
+                }
             });
             Ok::<_, String>((key, opened))
         })
@@ -234,7 +277,8 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
         let wasm = verified.open(&key).map_err(DeployError::Content)?;
         drop(key);
         // (6) Files, then the runtime.
-        let spec = prepare(w, &manifest, &wasm).map_err(|e| DeployError::Start(e.to_string()))?;
+        let spec = prepare(w, &manifest, &wasm, bytes)
+            .map_err(|e| DeployError::Start(e.to_string()))?;
         drop(wasm);
         let handle = tokio::spawn(process::supervise(
             entry.clone(),
@@ -274,6 +318,7 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
     .await;
     match result {
         Ok(()) => {
+            entry.deployed();
             info!(workload = %manifest.name, version = %manifest.version, "deployed");
             entry
                 .status()
@@ -282,10 +327,13 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
         Err(e) => {
             warn!(workload = %manifest.name, error = %e, "deploy refused");
             super::halt(&entry).await;
-            // Once opened, the state's version is at the broker too: the folder stays,
-            // or the next deploy would find the broker's version and no state.
-            let opened = entry.sealed().is_some();
-            w.discard(&manifest.name, !state_existed && !opened);
+            // Once its record is written the state's version may be at the broker
+            // too: the folder stays, or the next deploy would find the broker's
+            // version and no state.
+            let recorded = w
+                .workload_state(&manifest.name)
+                .is_some_and(|d| d.join(sealed_state::RECORD).exists());
+            w.discard(&manifest.name, !state_existed && !recorded);
             if measured {
                 super::record_outcome(
                     &w.ctx.measurements,
@@ -394,7 +442,7 @@ fn reserve(
 }
 
 /// Write the run folder (root-only, in guest memory) and create the state folder.
-fn prepare(w: &Workloads, m: &Manifest, wasm: &[u8]) -> std::io::Result<LaunchSpec> {
+fn prepare(w: &Workloads, m: &Manifest, wasm: &[u8], bundle: &[u8]) -> std::io::Result<LaunchSpec> {
     use std::io::Write as _;
     let run = w.ctx.run_dir.join(&m.name);
     std::fs::create_dir_all(&run)?;
@@ -407,6 +455,8 @@ fn prepare(w: &Workloads, m: &Manifest, wasm: &[u8]) -> std::io::Result<LaunchSp
         .mode(0o600)
         .open(&wasm_path)?;
     f.write_all(wasm)?;
+    // The owner's bundle as it came: a migration hands it to the destination.
+    std::fs::write(run.join(BUNDLE_FILE), bundle)?;
     let policy_path = run.join("policy.json");
     std::fs::write(&policy_path, serde_json::to_vec(&m.policy)?)?;
     let files = w.files_dir(&m.name);

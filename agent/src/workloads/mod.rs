@@ -8,6 +8,7 @@
 
 pub mod deploy;
 pub mod logs;
+pub mod migrate;
 pub mod process;
 pub mod proxy;
 pub mod sealed_state;
@@ -59,6 +60,12 @@ pub struct Context {
     pub enforcer: Result<Arc<Enforcer>, LayerError>,
     /// How this agent names itself as the holder of a workload's state at the broker.
     pub holder: String,
+    /// The broker's tokens for the agent's TLS key (migrations check them both ways).
+    pub passports: Arc<crate::passport::Passports>,
+    /// SHA-256 of the agent's TLS key, hex: its identity in migration certificates.
+    pub tls_key_sha256: String,
+    /// The TLS key (PKCS#8), which signs migration certificates.
+    pub tls_key_pkcs8: Arc<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// Mutable facts about one workload.
@@ -91,6 +98,8 @@ pub struct Entry {
     kernel_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Its sealed state once opened, and whether its key is in the kernel.
     sealed: Mutex<Option<(sealed_state::Opened, bool)>>,
+    /// A deploy owns it (from the name's reservation until the deploy's answer).
+    deploying: std::sync::atomic::AtomicBool,
 }
 
 impl Entry {
@@ -113,7 +122,23 @@ impl Entry {
             scope: Mutex::new(None),
             kernel_events: Mutex::new(BTreeMap::new()),
             sealed: Mutex::new(None),
+            deploying: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// The deploy that made this entry has answered.
+    fn deployed(&self) {
+        self.set_deploying(false);
+    }
+
+    /// Mark the entry as owned by a deploy or a migration in flight (or not).
+    fn set_deploying(&self, busy: bool) {
+        self.deploying
+            .store(busy, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_deploying(&self) -> bool {
+        self.deploying.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Record the opened sealed state (and show its version in the status).
@@ -134,26 +159,32 @@ impl Entry {
     }
 
     /// Remove the state key from the kernel (after the runtime has ended): the folder's
-    /// files are unreadable until the next deploy fetches the key again.
-    fn lock_state(&self, mount: Option<&std::path::Path>) {
-        let opened = self.sealed.lock().ok().and_then(|mut s| match s.as_mut() {
-            Some((o, unlocked)) if *unlocked => {
-                *unlocked = false;
-                Some(o.clone())
-            }
+    /// files are unreadable until the next deploy fetches the key again. A removal
+    /// that fails is logged and tried again at the next call.
+    fn lock_state(&self) {
+        let Some(opened) = self.sealed.lock().ok().and_then(|s| match s.as_ref() {
+            Some((o, true)) => Some(o.clone()),
             _ => None,
-        });
-        if let (Some(opened), Some(mount)) = (opened, mount) {
-            match crate::fscrypt::remove_key(mount, &opened.key_id) {
-                Ok(true) => self
-                    .logs
-                    .push(LogStream::Event, "state key removed from the kernel"),
-                Ok(false) => self.logs.push(
+        }) else {
+            return;
+        };
+        match crate::fscrypt::remove_key(&opened.mount, &opened.key_id) {
+            Ok(complete) => {
+                if let Ok(mut s) = self.sealed.lock()
+                    && let Some((_, unlocked)) = s.as_mut()
+                {
+                    *unlocked = false;
+                }
+                self.logs.push(
                     LogStream::Event,
-                    "state key removed; files still open keep it until they close",
-                ),
-                Err(e) => warn!(workload = %self.name, error = %e, "remove the state key"),
+                    if complete {
+                        "state key removed from the kernel"
+                    } else {
+                        "state key removed; files still open keep it until they close"
+                    },
+                );
             }
+            Err(e) => warn!(workload = %self.name, error = %e, "remove the state key"),
         }
     }
 
@@ -398,6 +429,9 @@ pub enum WorkloadError {
     /// It is not running.
     #[error("workload {0} is not running")]
     NotRunning(String),
+    /// It is being deployed.
+    #[error("workload {0} is being deployed; try again when it runs or was refused")]
+    Busy(String),
     /// The broker did not record the removal of its state, so nothing was removed.
     #[error(
         "workload {name} kept, with its state: the broker did not record the removal: {reason}"
@@ -420,8 +454,11 @@ pub struct Workloads {
 }
 
 impl Workloads {
-    /// No workloads yet.
+    /// No workloads yet; state folders a crash left half deleted are finished.
     pub fn new(ctx: Context) -> Self {
+        if let Some(dir) = &ctx.state_dir {
+            sealed_state::finish_wipes(&dir.join("workloads"));
+        }
         Self {
             ctx,
             entries: Mutex::new(BTreeMap::new()),
@@ -456,6 +493,9 @@ impl Workloads {
     /// Stop a running workload (its files stay; `remove` deletes them).
     pub async fn stop(&self, name: &str, owner: &[u8]) -> Result<WorkloadStatus, WorkloadError> {
         let entry = self.get(name, owner)?;
+        if entry.is_deploying() {
+            return Err(WorkloadError::Busy(name.to_owned()));
+        }
         let running = matches!(
             entry.state(),
             WorkloadState::Starting | WorkloadState::Running
@@ -464,7 +504,7 @@ impl Workloads {
             return Err(WorkloadError::NotRunning(name.to_owned()));
         }
         halt(&entry).await;
-        entry.lock_state(self.ctx.state_dir.as_deref());
+        entry.lock_state();
         record_outcome(&self.ctx.measurements, name, "stopped: by its owner").await;
         entry
             .status()
@@ -476,6 +516,10 @@ impl Workloads {
     /// the removed state can never come back); if it cannot, nothing changes.
     pub async fn remove(&self, name: &str, owner: &[u8]) -> Result<(), WorkloadError> {
         let entry = self.get(name, owner)?;
+        // A deploy in flight owns the entry (and may be opening the state).
+        if entry.is_deploying() {
+            return Err(WorkloadError::Busy(name.to_owned()));
+        }
         if let (Some(opened), Some(broker)) = (entry.sealed(), self.ctx.broker.clone()) {
             let measurements = self.ctx.measurements.clone();
             let recorded = tokio::task::spawn_blocking(move || {
@@ -512,7 +556,7 @@ impl Workloads {
             p.abort();
         }
         if let Some(entry) = &removed {
-            entry.lock_state(self.ctx.state_dir.as_deref());
+            entry.lock_state();
         }
         if let Some(entry) = &removed
             && let Some(scope) = entry.scope.lock().ok().and_then(|mut s| s.take())
@@ -522,7 +566,11 @@ impl Workloads {
         }
         let _ = std::fs::remove_dir_all(self.ctx.run_dir.join(name));
         if state && let Some(dir) = self.workload_state(name) {
-            let _ = std::fs::remove_dir_all(dir);
+            // Renamed away in one step, then deleted: a crash midway never leaves a
+            // partial state where the workload's name would find it.
+            if let Err(e) = sealed_state::wipe(&dir) {
+                warn!(workload = %name, error = %e, "delete the state folder");
+            }
         }
     }
 

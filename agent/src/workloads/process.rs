@@ -40,6 +40,8 @@ pub async fn supervise(
     measurements: Arc<Measurements>,
 ) {
     supervise_until_end(&entry, &runtime, &spec).await;
+    // Nothing runs any more: the state's key leaves the kernel whichever way it ended.
+    entry.lock_state();
     // A runtime that never became ready is a refused deploy, which deploy.rs measures.
     if !entry.reached_running() {
         return;

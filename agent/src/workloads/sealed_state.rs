@@ -9,12 +9,16 @@
 //! accepted: only this appliance can write the volume, so a disk ahead of the broker is
 //! a genuine copy, and the next deploy moves the broker past it. A disk behind the
 //! broker is an old copy. Removing a workload with its state first records a removal
-//! (holder [`REMOVED`]) at a higher version, so a fresh start is allowed afterwards
-//! and the removed state can never come back.
+//! (holder `removed/NAME`) at a higher version, so a fresh start is allowed afterwards
+//! and the removed state can never come back (a copy a crash left is wiped, not
+//! served). The holder names the workload too (`volume:UUID/NAME`), so two workloads
+//! given the same state key resource are refused instead of sharing one counter.
 //!
-//! What the version does not cover: a copy taken while the workload ran and restored
-//! after a crash, before the next deploy, carries the current version; the version
-//! moves per deploy (and per migration), not per request.
+//! What the version does not cover: any copy of the disk taken while the workload runs
+//! carries the current version until the next deploy moves it (the version moves per
+//! deploy, and per migration, not per request); and dm-integrity authenticates each
+//! sector but not its freshness, so the host can put back older sectors of the volume
+//! one by one. A copy put back whole is what the version catches.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,7 +33,8 @@ use crate::fscrypt::{self, FscryptError, KeyId};
 
 /// The disk's record, in the workload's state folder.
 pub const RECORD: &str = "state.json";
-/// The counter holder that marks a workload's state as removed by its owner.
+/// Prefix of the counter holder that marks a workload's state as removed by its owner
+/// (`removed/NAME`).
 pub const REMOVED: &str = "removed";
 /// Bytes of the state key the broker holds.
 pub const STATE_KEY_LEN: usize = 32;
@@ -74,6 +79,42 @@ pub enum StateError {
         /// Why.
         reason: String,
     },
+    /// Another appliance holds the state now (it was migrated there).
+    #[error(
+        "this workload's state moved to {holder} (the broker's version {broker}; this appliance's copy is older or gone): deploy it there, or migrate it back"
+    )]
+    MigratedAway {
+        /// The holder.
+        holder: String,
+        /// The broker's version.
+        broker: u64,
+    },
+    /// The broker's record is not the release this appliance expects.
+    #[error("the broker records {holder} at version {value}, not {expected}")]
+    Lease {
+        /// The counter's holder.
+        holder: String,
+        /// Its value.
+        value: u64,
+        /// What was expected.
+        expected: String,
+    },
+    /// The incoming snapshot did not open or install.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    /// The counter at the state key's path belongs to another workload.
+    #[error(
+        "state key {resource} is another workload's (its counter is held by {holder}): give each workload its own state key"
+    )]
+    Shared {
+        /// The resource.
+        resource: String,
+        /// The counter's holder.
+        holder: String,
+    },
+    /// The counter cannot move further.
+    #[error("the state version counter is exhausted at {0}")]
+    Exhausted(u64),
     /// The broker did not answer or refused.
     #[error("broker: {0}")]
     Broker(String),
@@ -111,6 +152,11 @@ impl StateError {
             StateError::Key { .. } | StateError::Fscrypt(FscryptError::OtherKey { .. }) => {
                 "StateKeyMismatch"
             }
+            StateError::Shared { .. } => "StateKeyShared",
+            StateError::MigratedAway { .. } => "StateMigratedAway",
+            StateError::Lease { .. } => "LeaseConflict",
+            StateError::Snapshot(_) => "BadSnapshot",
+            StateError::Exhausted(_) => "StateUnavailable",
             StateError::Broker(_) => "KeyRefused",
             StateError::Corrupt { .. } | StateError::Fscrypt(_) | StateError::Io { .. } => {
                 "StateUnavailable"
@@ -132,11 +178,18 @@ pub struct Record {
     pub version: u64,
     /// The fscrypt key identifier of its folder, hex.
     pub key: String,
+    /// The migration this version was released to (the source's record of a release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<String>,
 }
 
 /// An opened sealed state.
 #[derive(Debug, Clone)]
 pub struct Opened {
+    /// The state volume's mount point (whose keyring holds the key).
+    pub mount: PathBuf,
+    /// The workload's name.
+    pub name: String,
     /// The broker resource of its key (also the path of its counter).
     pub resource: String,
     /// The kernel's identifier of its key.
@@ -145,24 +198,111 @@ pub struct Opened {
     pub version: u64,
 }
 
-/// The version a deploy runs at, from the disk's version (`None`: no state) and the
-/// broker's counter; or why it must not run.
-pub fn decide(disk: Option<u64>, broker: &Counter) -> Result<u64, StateError> {
-    let removed = broker.holder == REMOVED;
+/// What a deploy does with the state it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on with the disk's state, at this version.
+    Continue(u64),
+    /// Start with empty state at this version (none yet, or the owner removed it: a
+    /// copy on the disk is wiped first).
+    Fresh(u64),
+}
+
+/// Whether `holder` is this workload's (`…/NAME`, `removed/NAME`).
+fn holder_name(holder: &str) -> Option<&str> {
+    holder.rsplit_once('/').map(|(_, n)| n)
+}
+
+/// The holder this appliance writes for workload `name`.
+pub fn holder_for(appliance: &str, name: &str) -> String {
+    format!("{appliance}/{name}")
+}
+
+/// The holder that records the removal of `name`'s state.
+pub fn removed_holder(name: &str) -> String {
+    format!("{REMOVED}/{name}")
+}
+
+/// What a deploy of `name` does, from the disk's version (`None`: no state) and the
+/// broker's counter at `resource`; or why it must not run.
+pub fn decide(
+    disk: Option<u64>,
+    broker: &Counter,
+    name: &str,
+    resource: &str,
+    me: &str,
+) -> Result<Decision, StateError> {
+    if broker.value > 0 && holder_name(&broker.holder) != Some(name) {
+        return Err(StateError::Shared {
+            resource: resource.to_owned(),
+            holder: broker.holder.clone(),
+        });
+    }
+    let removed = broker.holder == removed_holder(name);
+    let next = |v: u64| v.checked_add(1).ok_or(StateError::Exhausted(v));
+    let elsewhere = broker.holder.starts_with("volume:") && broker.holder != holder_for(me, name);
+    let moved = || StateError::MigratedAway {
+        holder: broker.holder.clone(),
+        broker: broker.value,
+    };
     match disk {
-        None if broker.value == 0 || removed => Ok(broker.value + 1),
+        None if broker.value == 0 || removed => Ok(Decision::Fresh(next(broker.value)?)),
+        None if elsewhere => Err(moved()),
         None => Err(StateError::Missing {
             broker: broker.value,
         }),
-        Some(disk) if disk < broker.value && removed => Err(StateError::Removed {
-            disk,
-            broker: broker.value,
-        }),
+        // The owner removed this state and the broker recorded it: a copy left on
+        // this disk (a crash during the removal) goes, never to be served.
+        Some(disk) if disk < broker.value && removed => Ok(Decision::Fresh(next(broker.value)?)),
+        Some(disk) if disk < broker.value && elsewhere => Err(moved()),
         Some(disk) if disk < broker.value => Err(StateError::RolledBack {
             disk,
             broker: broker.value,
         }),
-        Some(disk) => Ok(disk + 1),
+        // At the broker's version: served, or (holder `releasing:…`) a release this
+        // disk made and no destination committed: the deploy takes it back, by the
+        // same compare-and-set a destination's commit would need.
+        Some(disk) => Ok(Decision::Continue(next(disk)?)),
+    }
+}
+
+/// Delete the folder `dir` so that a crash midway leaves nothing under its name: it is
+/// renamed away (and the rename made durable) before its files are deleted; a
+/// half-deleted folder is finished by [`finish_wipes`] at the next start.
+pub fn wipe(dir: &Path) -> Result<(), StateError> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let doomed = parent.join(format!(
+        "{WIPE_PREFIX}{}-{}",
+        name.to_string_lossy(),
+        crate::workloads::now_ms()
+    ));
+    match std::fs::rename(dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("rename away", dir)(e)),
+    }
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", parent))?;
+    std::fs::remove_dir_all(&doomed).map_err(io("delete", &doomed))
+}
+
+/// Prefix of a folder being wiped (never a workload name: those are `[a-z0-9-]`).
+const WIPE_PREFIX: &str = ".wipe-";
+
+/// Finish wipes a crash interrupted, in `workloads` (the state volume's folder).
+pub fn finish_wipes(workloads: &Path) {
+    let Ok(entries) = std::fs::read_dir(workloads) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(WIPE_PREFIX)
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!(folder = %e.path().display(), error = %err, "finish deleting");
+        }
     }
 }
 
@@ -234,16 +374,28 @@ pub fn open(
     resource: &str,
     place: &Place<'_>,
 ) -> Result<Opened, StateError> {
-    let key = session.resource(resource).map_err(StateError::Broker)?;
-    if key.len() != STATE_KEY_LEN {
-        return Err(StateError::Key {
-            resource: resource.to_owned(),
-            reason: format!("{} bytes, not {STATE_KEY_LEN}", key.len()),
-        });
-    }
+    let key = state_key(session, resource)?;
     let counter = session.counter(resource).map_err(StateError::Broker)?;
-    let record = read_record(place.dir)?;
-    let version = decide(record.as_ref().map(|r| r.version), &counter)?;
+    let mut record = read_record(place.dir)?;
+    // A take-back of a release (see `take_back`) that reached the broker but not the
+    // disk: the broker shows this appliance one past the released version.
+    let disk = record.as_ref().map(|r| {
+        let taken_back = r.released.is_some()
+            && counter.holder == holder_for(place.holder, place.name)
+            && Some(counter.value) == r.version.checked_add(1);
+        if taken_back { counter.value } else { r.version }
+    });
+    let version = match decide(disk, &counter, place.name, resource, place.holder)? {
+        Decision::Continue(v) => v,
+        Decision::Fresh(v) if record.is_some() => {
+            // The owner removed this state: the copy a crash left goes.
+            wipe(place.dir)?;
+            std::fs::create_dir_all(place.dir).map_err(io("create", place.dir))?;
+            record = None;
+            v
+        }
+        Decision::Fresh(v) => v,
+    };
     let master = master_key(place.name, &key);
     drop(key);
     let key_id = fscrypt::add_key(place.mount, &master)?;
@@ -261,13 +413,20 @@ pub fn open(
                 ),
             });
         }
+        if record.is_none() {
+            adopt_unencrypted(place.files)?;
+        }
         std::fs::create_dir_all(place.files).map_err(io("create", place.files))?;
         fscrypt::ensure_policy(place.files, &key_id)?;
+        if record.is_none() {
+            copy_in(place)?;
+        }
         write_record(
             place.dir,
             &Record {
                 version,
                 key: hex::encode(key_id),
+                released: None,
             },
         )?;
         session
@@ -276,13 +435,15 @@ pub fn open(
                 &CounterUpdate {
                     expect: counter.value,
                     value: version,
-                    holder: place.holder.to_owned(),
+                    holder: holder_for(place.holder, place.name),
                 },
             )
             .map_err(StateError::Broker)
     })();
     match unlocked {
         Ok(_) => Ok(Opened {
+            mount: place.mount.to_owned(),
+            name: place.name.to_owned(),
             resource: resource.to_owned(),
             key_id,
             version,
@@ -294,19 +455,295 @@ pub fn open(
     }
 }
 
+/// The holder of a state released by migration `migration` to the appliance whose TLS
+/// key hashes to `to` (hex).
+pub fn releasing_holder(migration: &str, to: &str, name: &str) -> String {
+    format!("releasing:{migration}:{to}/{name}")
+}
+
+/// The state key at `resource`, checked for length.
+pub fn state_key(
+    session: &mut BrokerSession,
+    resource: &str,
+) -> Result<Zeroizing<Vec<u8>>, StateError> {
+    let key = session.resource(resource).map_err(StateError::Broker)?;
+    if key.len() != STATE_KEY_LEN {
+        return Err(StateError::Key {
+            resource: resource.to_owned(),
+            reason: format!("{} bytes, not {STATE_KEY_LEN}", key.len()),
+        });
+    }
+    Ok(key)
+}
+
+/// Put the workload's key back in the kernel for a moment (the source reads its
+/// stopped workload's files into a snapshot); the caller removes it again.
+pub fn unlock(opened: &Opened, key: &[u8]) -> Result<(), StateError> {
+    let id = fscrypt::add_key(&opened.mount, &master_key(&opened.name, key))?;
+    if id != opened.key_id {
+        let _ = fscrypt::remove_key(&opened.mount, &id);
+        return Err(StateError::Key {
+            resource: opened.resource.clone(),
+            reason: "the broker's key is no longer the one the state was opened with".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Advance the counter, and if the answer is lost, read it back: the update counts as
+/// made exactly when the broker shows it.
+fn advance_confirmed(
+    session: &mut BrokerSession,
+    resource: &str,
+    update: &CounterUpdate,
+) -> Result<(), StateError> {
+    match session.advance(resource, update) {
+        Ok(_) => Ok(()),
+        Err(e) => match session.counter(resource) {
+            Ok(now) if now == update.counter() => Ok(()),
+            Ok(now) => Err(StateError::Lease {
+                holder: now.holder,
+                value: now.value,
+                expected: format!("{} at {} ({e})", update.holder, update.expect),
+            }),
+            Err(_) => Err(StateError::Broker(e)),
+        },
+    }
+}
+
+/// Source: release the state `opened` (the workload stopped) to the appliance whose
+/// key hashes to `to`, for `migration` (blocking). The disk records the release at the
+/// next version first, then the broker, by compare-and-set from the version this run
+/// opened; returns the released version.
+pub fn release(
+    session: &mut BrokerSession,
+    opened: &Opened,
+    dir: &Path,
+    migration: &str,
+    to: &str,
+    me: &str,
+) -> Result<u64, StateError> {
+    let counter = session
+        .counter(&opened.resource)
+        .map_err(StateError::Broker)?;
+    let mine = holder_for(me, &opened.name);
+    if counter.value != opened.version || counter.holder != mine {
+        return Err(StateError::Lease {
+            holder: counter.holder,
+            value: counter.value,
+            expected: format!("{mine} at {}", opened.version),
+        });
+    }
+    let released = opened
+        .version
+        .checked_add(1)
+        .ok_or(StateError::Exhausted(opened.version))?;
+    write_record(
+        dir,
+        &Record {
+            version: released,
+            key: hex::encode(opened.key_id),
+            released: Some(migration.to_owned()),
+        },
+    )?;
+    advance_confirmed(
+        session,
+        &opened.resource,
+        &CounterUpdate {
+            expect: opened.version,
+            value: released,
+            holder: releasing_holder(migration, to, &opened.name),
+        },
+    )?;
+    Ok(released)
+}
+
+/// Source: take back a release no destination committed (blocking). Exactly one of
+/// this and the destination's commit succeeds (both move the counter from `released`);
+/// an error `Lease` naming the destination means it committed first.
+pub fn take_back(
+    session: &mut BrokerSession,
+    opened: &Opened,
+    dir: &Path,
+    released: u64,
+    me: &str,
+) -> Result<u64, StateError> {
+    let version = released
+        .checked_add(1)
+        .ok_or(StateError::Exhausted(released))?;
+    let record = read_record(dir)?;
+    advance_confirmed(
+        session,
+        &opened.resource,
+        &CounterUpdate {
+            expect: released,
+            value: version,
+            holder: holder_for(me, &opened.name),
+        },
+    )?;
+    // The broker first here: the disk must not claim a version the destination may
+    // hold. A crash before this write leaves the disk one behind its own holder's
+    // record, which the next deploy refuses (RolledBack) rather than guessing.
+    write_record(
+        dir,
+        &Record {
+            version,
+            key: record
+                .map(|r| r.key)
+                .unwrap_or_else(|| hex::encode(opened.key_id)),
+            released: None,
+        },
+    )?;
+    Ok(version)
+}
+
+/// Destination: install the incoming snapshot `parsed` of migration `migration`,
+/// released at version `released` to this appliance's key `me_key` (blocking). The
+/// files are written and synced under the workload's fscrypt key, the record at the
+/// next version, then the broker's counter moves from the release to this appliance:
+/// that compare-and-set is the commit. Refused (and nothing kept) if the broker does
+/// not show that release.
+#[allow(clippy::too_many_arguments)]
+pub fn accept(
+    session: &mut BrokerSession,
+    resource: &str,
+    place: &Place<'_>,
+    parsed: &cvm_runtime::snapshot::Parsed,
+    released: u64,
+    migration: &str,
+    me_key: &str,
+) -> Result<Opened, StateError> {
+    let key = state_key(session, resource)?;
+    let counter = session.counter(resource).map_err(StateError::Broker)?;
+    let expected = releasing_holder(migration, me_key, place.name);
+    if counter.value != released || counter.holder != expected {
+        return Err(StateError::Lease {
+            holder: counter.holder,
+            value: counter.value,
+            expected: format!("{expected} at {released}"),
+        });
+    }
+    let entries = parsed
+        .open(&key)
+        .map_err(|e| StateError::Snapshot(e.to_string()))?;
+    let master = master_key(place.name, &key);
+    drop(key);
+    let key_id = fscrypt::add_key(place.mount, &master)?;
+    drop(master);
+    let version = released
+        .checked_add(1)
+        .ok_or(StateError::Exhausted(released))?;
+    let installed = (|| {
+        wipe(place.dir)?;
+        std::fs::create_dir_all(place.files).map_err(io("create", place.files))?;
+        fscrypt::ensure_policy(place.files, &key_id)?;
+        cvm_runtime::snapshot::write_into(&entries, place.files)
+            .map_err(|e| StateError::Snapshot(e.to_string()))?;
+        // Every file durable before the record that names this version.
+        crate::sys::syncfs(place.files).map_err(io("sync", place.files))?;
+        write_record(
+            place.dir,
+            &Record {
+                version,
+                key: hex::encode(key_id),
+                released: None,
+            },
+        )?;
+        advance_confirmed(
+            session,
+            resource,
+            &CounterUpdate {
+                expect: released,
+                value: version,
+                holder: holder_for(place.holder, place.name),
+            },
+        )
+    })();
+    match installed {
+        Ok(()) => Ok(Opened {
+            mount: place.mount.to_owned(),
+            name: place.name.to_owned(),
+            resource: resource.to_owned(),
+            key_id,
+            version,
+        }),
+        Err(e) => {
+            let _ = wipe(place.dir);
+            let _ = fscrypt::remove_key(place.mount, &key_id);
+            Err(e)
+        }
+    }
+}
+
+/// Where files a cvm without per-workload encryption left wait to be copied in.
+const UNENCRYPTED: &str = "files.unencrypted";
+
+/// A `files` folder with data but no record is a workload's state from before
+/// per-workload encryption: it is moved aside whole, to be copied into the encrypted
+/// folder ([`copy_in`]); a copy a crash interrupted starts again from the same place.
+fn adopt_unencrypted(files: &Path) -> Result<(), StateError> {
+    let Some(dir) = files.parent() else {
+        return Ok(());
+    };
+    let aside = dir.join(UNENCRYPTED);
+    if aside.exists() {
+        // An earlier copy was interrupted: the encrypted folder is partial.
+        return wipe(files);
+    }
+    let has_data = std::fs::read_dir(files).is_ok_and(|mut d| d.next().is_some());
+    if !has_data || fscrypt::policy_key(files)?.is_some() {
+        return Ok(());
+    }
+    std::fs::rename(files, &aside).map_err(io("move aside", files))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+/// Copy what [`adopt_unencrypted`] moved aside into the (now encrypted) folder, then
+/// delete it. fscrypt refuses to rename files into an encrypted folder, hence a copy.
+fn copy_in(place: &Place<'_>) -> Result<(), StateError> {
+    fn copy(from: &Path, to: &Path) -> Result<(), StateError> {
+        for e in std::fs::read_dir(from).map_err(io("list", from))? {
+            let e = e.map_err(io("list", from))?;
+            let (src, dst) = (e.path(), to.join(e.file_name()));
+            let kind = e.file_type().map_err(io("stat", &src))?;
+            if kind.is_dir() {
+                std::fs::create_dir_all(&dst).map_err(io("create", &dst))?;
+                copy(&src, &dst)?;
+            } else if kind.is_file() {
+                std::fs::copy(&src, &dst).map_err(io("copy", &src))?;
+                std::fs::File::open(&dst)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("fsync", &dst))?;
+            }
+        }
+        std::fs::File::open(to)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", to))
+    }
+    let aside = place.dir.join(UNENCRYPTED);
+    if !aside.exists() {
+        return Ok(());
+    }
+    copy(&aside, place.files)?;
+    wipe(&aside)
+}
+
 /// Record at the broker that the state at `opened` is being removed (blocking): the
 /// counter moves past the disk's version with holder [`REMOVED`].
 pub fn record_removal(session: &mut BrokerSession, opened: &Opened) -> Result<(), StateError> {
     let counter = session
         .counter(&opened.resource)
         .map_err(StateError::Broker)?;
+    let top = counter.value.max(opened.version);
     session
         .advance(
             &opened.resource,
             &CounterUpdate {
                 expect: counter.value,
-                value: counter.value.max(opened.version) + 1,
-                holder: REMOVED.to_owned(),
+                value: top.checked_add(1).ok_or(StateError::Exhausted(top))?,
+                holder: removed_holder(&opened.name),
             },
         )
         .map(drop)
@@ -324,22 +761,40 @@ mod tests {
         }
     }
 
+    fn decide_w(disk: Option<u64>, c: &Counter) -> Result<Decision, StateError> {
+        decide(disk, c, "w", "r/w/state-key", "volume:a")
+    }
+
     #[test]
     fn a_fresh_state_starts_after_the_brokers_version() {
-        assert_eq!(decide(None, &at(0, "")).unwrap(), 1);
-        assert_eq!(decide(None, &at(7, REMOVED)).unwrap(), 8);
+        assert_eq!(decide_w(None, &at(0, "")).unwrap(), Decision::Fresh(1));
+        assert_eq!(
+            decide_w(None, &at(7, "removed/w")).unwrap(),
+            Decision::Fresh(8)
+        );
+        // A copy of removed state on the disk is wiped, never served.
+        assert_eq!(
+            decide_w(Some(3), &at(7, "removed/w")).unwrap(),
+            Decision::Fresh(8)
+        );
     }
 
     #[test]
     fn a_disk_at_or_ahead_of_the_broker_moves_on() {
-        assert_eq!(decide(Some(4), &at(4, "a")).unwrap(), 5);
+        assert_eq!(
+            decide_w(Some(4), &at(4, "volume:a/w")).unwrap(),
+            Decision::Continue(5)
+        );
         // A crash between the disk's write and the broker's.
-        assert_eq!(decide(Some(5), &at(4, "a")).unwrap(), 6);
+        assert_eq!(
+            decide_w(Some(5), &at(4, "volume:a/w")).unwrap(),
+            Decision::Continue(6)
+        );
     }
 
     #[test]
     fn an_older_disk_is_refused_naming_both_versions() {
-        let e = decide(Some(3), &at(5, "a")).unwrap_err();
+        let e = decide_w(Some(3), &at(5, "volume:a/w")).unwrap_err();
         assert!(matches!(e, StateError::RolledBack { disk: 3, broker: 5 }));
         let msg = e.to_string();
         assert!(
@@ -351,13 +806,67 @@ mod tests {
     #[test]
     fn a_missing_state_is_refused_unless_it_was_removed() {
         assert!(matches!(
-            decide(None, &at(2, "a")),
+            decide_w(None, &at(2, "volume:a/w")),
             Err(StateError::Missing { broker: 2 })
         ));
+    }
+
+    #[test]
+    fn another_workloads_counter_is_refused() {
+        for holder in ["volume:a/other", "removed/other", "removed", "x"] {
+            assert!(
+                matches!(
+                    decide_w(Some(2), &at(2, holder)),
+                    Err(StateError::Shared { .. })
+                ),
+                "{holder}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_that_moved_away_is_named_and_a_release_can_be_taken_back() {
         assert!(matches!(
-            decide(Some(2), &at(3, REMOVED)),
-            Err(StateError::Removed { disk: 2, broker: 3 })
+            decide_w(Some(3), &at(5, "volume:b/w")),
+            Err(StateError::MigratedAway { broker: 5, .. })
         ));
+        assert!(matches!(
+            decide_w(None, &at(5, "volume:b/w")),
+            Err(StateError::MigratedAway { broker: 5, .. })
+        ));
+        assert_eq!(
+            decide_w(Some(4), &at(4, "releasing:m1:ab/w")).unwrap(),
+            Decision::Continue(5)
+        );
+        assert!(matches!(
+            decide_w(Some(3), &at(4, "releasing:m1:ab/w")),
+            Err(StateError::RolledBack { .. })
+        ));
+    }
+
+    #[test]
+    fn the_counter_never_wraps() {
+        assert!(matches!(
+            decide_w(Some(u64::MAX), &at(u64::MAX, "volume:a/w")),
+            Err(StateError::Exhausted(_))
+        ));
+    }
+
+    #[test]
+    fn a_wipe_leaves_nothing_under_the_name_and_finishes_after_a_crash() {
+        let root = std::env::temp_dir().join(format!("cvm-wipe-{}", std::process::id()));
+        let dir = root.join("w");
+        std::fs::create_dir_all(dir.join("files/a")).unwrap();
+        std::fs::write(dir.join("files/a/f"), b"x").unwrap();
+        wipe(&dir).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        wipe(&dir).unwrap();
+        // A rename that happened before a crash: finished at the next start.
+        std::fs::create_dir_all(root.join(".wipe-w-1/files")).unwrap();
+        finish_wipes(&root);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -376,6 +885,7 @@ mod tests {
         let r = Record {
             version: 9,
             key: "ab".into(),
+            released: None,
         };
         write_record(&d, &r).unwrap();
         assert_eq!(read_record(&d).unwrap(), Some(r));

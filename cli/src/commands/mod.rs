@@ -9,6 +9,7 @@ pub mod export;
 pub mod firmware;
 pub mod initdata;
 pub mod measure;
+pub mod migrate;
 pub mod run;
 pub mod seal;
 pub mod status;

@@ -198,3 +198,38 @@ pub fn prepare(d: &Path, broker: &Broker, owner: &Owner, image: &Path) -> (PathB
     ok(&broker.admin(&["resource", "put", "cvm/state/key", "--random", "32"]));
     (init, file)
 }
+
+/// A request to a workload's port as `who` (the Badge Request Tool's role and actor
+/// headers), through curl, the body from a file (an import is larger than a command
+/// line); the status and the JSON answer (`Null` if none). Status 0: nothing answered.
+pub fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    who: (&str, &str),
+    body: Option<&Path>,
+) -> (u16, Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .args(["-H", &format!("x-badge-role: {}", who.0)])
+        .args(["-H", &format!("x-badge-actor: {}", who.1)])
+        .args(["-H", "content-type: application/json"]);
+    if let Some(b) = body {
+        c.arg("--data-binary").arg(format!("@{}", b.display()));
+    }
+    let out = c
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    let value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    (code.parse().unwrap_or(0), value)
+}
+
+/// Write `v` to `DIR/NAME.json` (a request body for [`call`]).
+pub fn body(dir: &Path, name: &str, v: &Value) -> PathBuf {
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, v.to_string()).unwrap();
+    p
+}

@@ -8,45 +8,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Instant;
 
-use cvm_vm_tests::workload::{Target, deploy, fails, free_port, keygen, ok, prepare, seal, wasm};
+use cvm_vm_tests::workload::{
+    Target, body, call, deploy, fails, free_port, keygen, ok, prepare, seal, wasm,
+};
 use cvm_vm_tests::{Broker, Guest, enabled, image, json_ok, repo_root};
-use serde_json::Value;
-
-/// A request as `role` `actor`, through curl (the body from a file: the import is
-/// larger than a command line).
-fn call(
-    port: u16,
-    method: &str,
-    path: &str,
-    who: (&str, &str),
-    body: Option<&Path>,
-) -> (u16, Value) {
-    let mut c = std::process::Command::new("curl");
-    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
-        .args(["-H", &format!("x-badge-role: {}", who.0)])
-        .args(["-H", &format!("x-badge-actor: {}", who.1)])
-        .args(["-H", "content-type: application/json"]);
-    if let Some(b) = body {
-        c.arg("--data-binary").arg(format!("@{}", b.display()));
-    }
-    let out = c
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    let value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
-    (code.parse().unwrap_or(0), value)
-}
-
-fn body(dir: &Path, name: &str, v: &Value) -> std::path::PathBuf {
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, v.to_string()).unwrap();
-    p
-}
 
 const ADA: (&str, &str) = ("employee", "E000042");
 const BOSS: (&str, &str) = ("manager", "E000001");

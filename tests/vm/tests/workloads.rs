@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use cvm_kbs_client::passport;
 use cvm_vm_tests::workload::{
     Target, agent_cmd, deploy, fails, free_port, http, keygen, ok, prepare, ps, seal, wasm,
 };
@@ -124,6 +125,41 @@ fn seal_deploy_call_and_refuse_everything_bad() {
     // behind: the same name deploys cleanly next.
     fails(&deploy(&t, &tampered, false), "BadContent");
     assert!(ps(&t, &owner).is_empty());
+
+    // The agent's passport: the broker's token for the TLS key `cvm attest` pinned,
+    // checked with the key the broker publishes; a peer appliance checks the same.
+    let attested = json_ok(&cvm(&[
+        "attest",
+        "--to",
+        &agent,
+        "--reference",
+        t.reference.to_str().unwrap(),
+        "--json",
+    ]));
+    let key_sha: [u8; 32] = hex::decode(attested["tls_key_sha256"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let body = agent_get(&agent, "/v1/attestation/passport");
+    let published = std::process::Command::new("curl")
+        .args(["-sf", "--cacert", broker.ca.to_str().unwrap()])
+        .arg(format!("{}/kbs/v0/token-key", broker.url))
+        .output()
+        .unwrap();
+    let published: Value = serde_json::from_slice(&published.stdout).unwrap();
+    assert_eq!(body["broker_key"], published);
+    let broker_key = passport::broker_key(&published).unwrap();
+    let token = body["token"].as_str().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let checked = passport::check(&broker_key, token, now, &key_sha).unwrap();
+    assert_eq!(checked.tee, "tpm");
+    assert!(matches!(
+        passport::check(&broker_key, token, now, &[0u8; 32]),
+        Err(passport::PassportError::OtherKey { .. })
+    ));
 
     // Deploy, call, state kept in the preopen.
     let deployed = json_ok(&deploy(&t, &hello, true));
