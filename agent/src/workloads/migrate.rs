@@ -42,6 +42,8 @@ use super::{WorkloadError, Workloads, halt, now_ms, record_outcome, sealed_state
 
 /// How long S waits for D's answer to the offer (D compiles the workload).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long S waits for D's passport.
+const PASSPORT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How far a release's time may be from D's clock.
 const MAX_SKEW: u64 = 600;
 /// Largest offer (bundle + snapshot, base64).
@@ -155,7 +157,9 @@ pub async fn migrate(
     let broker_key = passport::broker_key(&mine.broker_key)
         .map_err(|e| MigrateError::Unavailable(e.to_string()))?;
     let peer = Agent::pinned(&req.to, to_key);
-    let peer_for_passport = peer.clone();
+    // A passport may need a fresh attestation (a quote, a broker round trip): slow
+    // in an emulated guest.
+    let peer_for_passport = peer.clone().with_timeout(PASSPORT_TIMEOUT);
     let theirs = blocking(move || {
         cvm_agent_client::get_json::<PassportBody>(&peer_for_passport, "/v1/attestation/passport")
             .map_err(|e| crate::error_chain(&e))

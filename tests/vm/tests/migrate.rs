@@ -4,7 +4,9 @@
 //! nothing and refuses its old copy; the broker's lease names B; the certificates
 //! verify, and a changed one does not. Refused before anything leaves A: a source sent
 //! to an appliance that does not hold the key the owner attested. A replayed release
-//! with another snapshot is refused by B. Then the workload migrates back to A.
+//! with another snapshot is refused by B. A destination that refuses the offer after
+//! the release (its port is taken): the source takes the release back, signs an abort
+//! and serves again. Then the workload migrates back to A.
 
 #![allow(clippy::unwrap_used)]
 
@@ -221,8 +223,73 @@ fn the_badge_request_tool_migrates_and_exactly_one_appliance_serves_it() {
     );
     assert_eq!(counter()["value"], 3);
 
-    // And back to A, which accepts it on the disk it gave it away from.
+    // A destination that refuses the offer after the release (another workload holds
+    // the port on A): B takes the release back, signs an abort and serves again, with
+    // every record; the lease is B's again, one further on.
     let (_, latest) = call(pb, "GET", "/state", SEC, None);
+    let squatter = seal(
+        &broker,
+        &owner,
+        &wasm("hello"),
+        "http: {port: 8082}\n",
+        "squatter",
+        d,
+        true,
+    );
+    json_ok(&deploy(&ta, &squatter, true));
+    let aborted = migrate(&b.agent, &a.agent, "aborted", &[]);
+    fails(&aborted, "migration aborted");
+    let report: Value = serde_json::from_slice(&aborted.stdout).unwrap();
+    assert_eq!(report["outcome"], "aborted", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("http.port 8082 is taken"),
+        "{report}"
+    );
+    let kinds: Vec<String> = std::fs::read_dir(d.join("aborted"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k.ends_with("-abort.json")),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        call(pb, "GET", "/state", SEC, None).1,
+        latest,
+        "B serves again"
+    );
+    let lease = counter();
+    assert_eq!(lease["value"], 6, "{lease}");
+    let mut args = vec!["migrate", "--verify"];
+    let files: Vec<String> = kinds
+        .iter()
+        .map(|k| d.join("aborted").join(k).to_string_lossy().into_owned())
+        .collect();
+    args.extend(files.iter().map(String::as_str));
+    args.extend_from_slice(&broker_args);
+    let checked = cvm(&args);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("Abort of badge-request"));
+
+    // The port freed, back to A, which accepts it on the disk it gave it away from.
+    let ta_owner = [
+        "rm",
+        "squatter",
+        "--to",
+        a.agent.as_str(),
+        "--reference",
+        reference.to_str().unwrap(),
+        "--owner-key",
+        owner.key.to_str().unwrap(),
+    ];
+    assert!(cvm(&ta_owner).status.success());
     let back = json_ok(&migrate(&b.agent, &a.agent, "back", &[]));
     assert_eq!(back["outcome"], "migrated", "{back}");
     assert_eq!(call(pa, "GET", "/state", SEC, None).1, latest);
@@ -231,7 +298,7 @@ fn the_badge_request_tool_migrates_and_exactly_one_appliance_serves_it() {
         0,
         "B serves nothing"
     );
-    assert_eq!(counter()["value"], 5);
+    assert_eq!(counter()["value"], 8);
 
     for g in [a, b] {
         let (code, report) = g.shutdown();
