@@ -127,9 +127,12 @@ pub async fn migrate(
 ) -> Result<MigrateReport, MigrateError> {
     let started = Instant::now();
     let entry = w.get(name, owner)?;
-    if entry.is_deploying() {
+    // Claimed before any await: rm, stop, a deploy or another migration answer Busy
+    // from here on. Returns before the workload stops give the claim back.
+    if !entry.claim() {
         return Err(WorkloadError::Busy(name.to_owned()).into());
     }
+    let claim = Claim(Some(entry.clone()));
     let opened = entry
         .sealed()
         .ok_or_else(|| MigrateError::NoState(name.to_owned()))?;
@@ -180,8 +183,9 @@ pub async fn migrate(
         return refused(format!("the destination's passport: {e}"));
     }
 
-    // (2) Quiesce, snapshot, release.
-    entry.set_deploying(true);
+    // (2) Quiesce, snapshot, release. From here the workload is this migration's: it
+    // leaves the table (finished or resumed) or stays claimed.
+    claim.keep();
     halt(&entry).await;
     let dir = w.workload_state(name).unwrap_or_default();
     let files = w.files_dir(name);
@@ -242,7 +246,7 @@ pub async fn migrate(
         .status()
         .map(|s| s.manifest_sha256)
         .unwrap_or_default();
-    let sign = |kind, reason: Option<String>| {
+    let sign = |kind, reason: Option<String>, token: &str| {
         let statement = Statement {
             kind,
             migration: migration.clone(),
@@ -255,13 +259,22 @@ pub async fn migrate(
             reason,
             time: now(),
         };
-        certificate::sign(&statement, &w.ctx.tls_key_pkcs8, &mine.token)
+        certificate::sign(&statement, &w.ctx.tls_key_pkcs8, token)
     };
-    let release = match sign(Kind::Release, None) {
+    // Each signature carries a passport fetched just before it (one that has at least
+    // two minutes left), so it is valid at the statement's time.
+    let release = match fresh_token(w)
+        .await
+        .and_then(|t| sign(Kind::Release, None, &t).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             let why = format!("sign the release: {e}");
-            return Ok(take_back_and_resume(w, name, &opened, released, why, report).await);
+            return Ok(
+                take_back_and_resume(w, name, &opened, released, why, report)
+                    .await
+                    .0,
+            );
         }
     };
     let snapshot_bytes = sealed.len() as u64;
@@ -307,12 +320,19 @@ pub async fn migrate(
         }
         Err(why) => {
             // (4) No acceptance: the broker decides, by compare-and-set.
-            let mut r = take_back_and_resume(w, name, &opened, released, why, report).await;
+            let (mut r, taken_back) =
+                take_back_and_resume(w, name, &opened, released, why, report).await;
             r.certificates.insert(0, release);
             if r.outcome == Outcome::Migrated {
                 finish_source(w, name, &migration, &to_hex).await;
-            } else if let Ok(abort) = sign(Kind::Abort, r.reason.clone()) {
-                r.certificates.push(abort);
+            } else if taken_back {
+                // Signed only when the broker gave the workload back to this appliance.
+                match fresh_token(w).await.and_then(|t| {
+                    sign(Kind::Abort, r.reason.clone(), &t).map_err(|e| e.to_string())
+                }) {
+                    Ok(abort) => r.certificates.push(abort),
+                    Err(e) => warn!(workload = %name, error = %e, "abort certificate not signed"),
+                }
             }
             r.snapshot_bytes = snapshot_bytes;
             r.version = Some(released);
@@ -333,7 +353,8 @@ async fn finish_source(w: &Arc<Workloads>, name: &str, migration: &str, to: &str
     info!(workload = %name, %migration, "migrated; local copy deleted");
 }
 
-/// Take the release back (unless D committed first) and serve again.
+/// Take the release back (unless D committed first) and serve again; whether it was
+/// taken back.
 async fn take_back_and_resume(
     w: &Arc<Workloads>,
     name: &str,
@@ -341,53 +362,105 @@ async fn take_back_and_resume(
     released: u64,
     why: String,
     report: impl Fn(Outcome, Option<String>, Option<u64>, u64, Vec<Certificate>) -> MigrateReport,
-) -> MigrateReport {
+) -> (MigrateReport, bool) {
+    let unknown = |w: &Arc<Workloads>, reason: String| {
+        // Neither taken back nor known to be committed: nothing serves until the
+        // broker settles it. The entry goes (its state stays), so the owner can
+        // redeploy here, which takes the release back if it is still this one's.
+        w.discard(name, false);
+        report(Outcome::Aborted, Some(reason), Some(released), 0, vec![])
+    };
     let Some(broker) = w.ctx.broker.clone() else {
-        return report(Outcome::Aborted, Some(why), Some(released), 0, vec![]);
+        return (unknown(w, why), false);
     };
     let measurements = w.ctx.measurements.clone();
     let me = w.ctx.holder.clone();
+    let committed = sealed_state::holder_for(&me, name);
     let o = opened.clone();
     let dir = w.workload_state(name).unwrap_or_default();
     let taken = blocking(move || {
         let _still = measurements.hold_still();
         let mut session = broker.session(&measurements.current()?)?;
-        sealed_state::take_back(&mut session, &o, &dir, released, &me).map_err(|e| match e {
-            sealed_state::StateError::Lease { holder, .. } => format!("committed:{holder}"),
-            e => e.to_string(),
-        })
+        Ok(sealed_state::take_back(
+            &mut session,
+            &o,
+            &dir,
+            released,
+            &me,
+        ))
     })
     .await;
     match taken {
-        Ok(_) => {
+        Ok(Ok(_)) => (
             resume(
                 w,
                 name,
                 report(Outcome::Aborted, Some(why), Some(released), 0, vec![]),
             )
-            .await
+            .await,
+            true,
+        ),
+        // The destination's commit: the counter one past the release, held by another
+        // appliance. Anything else is not a commit this migration can rely on.
+        Ok(Err(sealed_state::StateError::Lease { holder, value, .. }))
+            if Some(value) == released.checked_add(1)
+                && holder.starts_with("volume:")
+                && holder != committed =>
+        {
+            (
+                report(
+                    Outcome::Migrated,
+                    Some(format!(
+                        "the destination committed (the broker records {holder}) but its acceptance was not received: {why}"
+                    )),
+                    Some(released),
+                    0,
+                    vec![],
+                ),
+                false,
+            )
         }
-        Err(e) if e.starts_with("committed:") => report(
-            Outcome::Migrated,
-            Some(format!(
-                "the destination committed (the broker records {}) but its acceptance was not received: {why}",
-                &e["committed:".len()..]
-            )),
-            Some(released),
-            0,
-            vec![],
+        Ok(Err(e)) => (
+            unknown(
+                w,
+                format!(
+                    "{why}; the broker's lease is not this migration's to settle ({e}): the workload serves nowhere until the owner decides"
+                ),
+            ),
+            false,
         ),
-        // Neither taken back nor known to be committed (the broker is unreachable):
-        // nothing serves until the broker answers; a deploy here takes it back then.
-        Err(e) => report(
-            Outcome::Aborted,
-            Some(format!(
-                "{why}; the release could not be taken back ({e}): the workload serves nowhere until the broker decides (redeploy here to take it back)"
-            )),
-            Some(released),
-            0,
-            vec![],
+        Err(e) => (
+            unknown(
+                w,
+                format!(
+                    "{why}; the release could not be taken back ({e}): the workload serves nowhere until the broker answers (redeploy here to take it back)"
+                ),
+            ),
+            false,
         ),
+    }
+}
+
+/// A passport with at least two minutes left, to sign with now.
+async fn fresh_token(w: &Arc<Workloads>) -> Result<String, String> {
+    let passports = w.ctx.passports.clone();
+    blocking(move || passports.get(now()).map(|p| p.token)).await
+}
+
+/// Gives a migration's claim on a workload back unless kept.
+struct Claim(Option<Arc<super::Entry>>);
+
+impl Claim {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.take() {
+            e.set_deploying(false);
+        }
     }
 }
 
@@ -475,6 +548,8 @@ pub async fn receive(w: &Arc<Workloads>, offer: Offer) -> Result<Certificate, Mi
         time: now(),
     };
     info!(workload = %statement.workload, migration = %statement.migration, "migration accepted");
-    certificate::sign(&statement, &w.ctx.tls_key_pkcs8, &mine.token)
+    // The deploy may have taken minutes: a passport valid now.
+    let token = fresh_token(w).await.map_err(MigrateError::Unavailable)?;
+    certificate::sign(&statement, &w.ctx.tls_key_pkcs8, &token)
         .map_err(|e| MigrateError::Unavailable(format!("sign the acceptance: {e}")))
 }

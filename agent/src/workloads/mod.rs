@@ -137,8 +137,16 @@ impl Entry {
             .store(busy, std::sync::atomic::Ordering::Release);
     }
 
-    fn is_deploying(&self) -> bool {
-        self.deploying.load(std::sync::atomic::Ordering::Acquire)
+    /// Claim the entry for a migration: false if a deploy or another migration has it.
+    fn claim(&self) -> bool {
+        self.deploying
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// Record the opened sealed state (and show its version in the status).
@@ -493,7 +501,7 @@ impl Workloads {
     /// Stop a running workload (its files stay; `remove` deletes them).
     pub async fn stop(&self, name: &str, owner: &[u8]) -> Result<WorkloadStatus, WorkloadError> {
         let entry = self.get(name, owner)?;
-        if entry.is_deploying() {
+        if !entry.claim() {
             return Err(WorkloadError::Busy(name.to_owned()));
         }
         let running = matches!(
@@ -501,10 +509,12 @@ impl Workloads {
             WorkloadState::Starting | WorkloadState::Running
         );
         if !running {
+            entry.set_deploying(false);
             return Err(WorkloadError::NotRunning(name.to_owned()));
         }
         halt(&entry).await;
         entry.lock_state();
+        entry.set_deploying(false);
         record_outcome(&self.ctx.measurements, name, "stopped: by its owner").await;
         entry
             .status()
@@ -516,8 +526,9 @@ impl Workloads {
     /// the removed state can never come back); if it cannot, nothing changes.
     pub async fn remove(&self, name: &str, owner: &[u8]) -> Result<(), WorkloadError> {
         let entry = self.get(name, owner)?;
-        // A deploy in flight owns the entry (and may be opening the state).
-        if entry.is_deploying() {
+        // A deploy or migration in flight owns the entry (and may be opening the
+        // state); otherwise this removal does until the entry is gone.
+        if !entry.claim() {
             return Err(WorkloadError::Busy(name.to_owned()));
         }
         if let (Some(opened), Some(broker)) = (entry.sealed(), self.ctx.broker.clone()) {
@@ -531,6 +542,7 @@ impl Workloads {
             .map_err(|e| e.to_string())
             .and_then(|r| r);
             if let Err(reason) = recorded {
+                entry.set_deploying(false);
                 return Err(WorkloadError::RemovalNotRecorded {
                     name: name.to_owned(),
                     reason,

@@ -223,10 +223,17 @@ pub fn removed_holder(name: &str) -> String {
     format!("{REMOVED}/{name}")
 }
 
-/// What a deploy of `name` does, from the disk's version (`None`: no state) and the
-/// broker's counter at `resource`; or why it must not run.
+/// The migration id of a `releasing:MIGRATION:KEY/NAME` holder.
+fn releasing_migration(holder: &str) -> Option<&str> {
+    holder.strip_prefix("releasing:")?.split(':').next()
+}
+
+/// What a deploy of `name` does, from the disk's version and the migration it last
+/// released (`None`: no state) and the broker's counter at `resource`; or why it must
+/// not run. Equal versions are not enough: the holder must be this appliance
+/// (`me`), or an unfinished release this disk made (which the deploy takes back).
 pub fn decide(
-    disk: Option<u64>,
+    disk: Option<(u64, Option<&str>)>,
     broker: &Counter,
     name: &str,
     resource: &str,
@@ -238,31 +245,44 @@ pub fn decide(
             holder: broker.holder.clone(),
         });
     }
-    let removed = broker.holder == removed_holder(name);
     let next = |v: u64| v.checked_add(1).ok_or(StateError::Exhausted(v));
-    let elsewhere = broker.holder.starts_with("volume:") && broker.holder != holder_for(me, name);
-    let moved = || StateError::MigratedAway {
-        holder: broker.holder.clone(),
-        broker: broker.value,
-    };
+    // The owner removed this state and the broker recorded it: a copy left on this
+    // disk (a crash during the removal) goes, never to be served.
+    if broker.holder == removed_holder(name) {
+        return Ok(Decision::Fresh(next(broker.value)?));
+    }
+    if broker.holder.starts_with("volume:") && broker.holder != holder_for(me, name) {
+        return Err(StateError::MigratedAway {
+            holder: broker.holder.clone(),
+            broker: broker.value,
+        });
+    }
+    if let Some(migration) = releasing_migration(&broker.holder) {
+        // Only the release this disk recorded, at its version, is taken back here;
+        // any other is a migration in flight that the broker will settle.
+        let ours =
+            disk.is_some_and(|(v, released)| v == broker.value && released == Some(migration));
+        if !ours {
+            return Err(StateError::Lease {
+                holder: broker.holder.clone(),
+                value: broker.value,
+                expected: "this appliance's own holder or release (a migration is in flight)"
+                    .into(),
+            });
+        }
+    }
     match disk {
-        None if broker.value == 0 || removed => Ok(Decision::Fresh(next(broker.value)?)),
-        None if elsewhere => Err(moved()),
+        None if broker.value == 0 => Ok(Decision::Fresh(1)),
         None => Err(StateError::Missing {
             broker: broker.value,
         }),
-        // The owner removed this state and the broker recorded it: a copy left on
-        // this disk (a crash during the removal) goes, never to be served.
-        Some(disk) if disk < broker.value && removed => Ok(Decision::Fresh(next(broker.value)?)),
-        Some(disk) if disk < broker.value && elsewhere => Err(moved()),
-        Some(disk) if disk < broker.value => Err(StateError::RolledBack {
+        Some((disk, _)) if disk < broker.value => Err(StateError::RolledBack {
             disk,
             broker: broker.value,
         }),
-        // At the broker's version: served, or (holder `releasing:…`) a release this
-        // disk made and no destination committed: the deploy takes it back, by the
-        // same compare-and-set a destination's commit would need.
-        Some(disk) => Ok(Decision::Continue(next(disk)?)),
+        // At or ahead of the broker's version, held here (or released from here and
+        // not committed: the compare-and-set takes it back, as a commit would need).
+        Some((disk, _)) => Ok(Decision::Continue(next(disk)?)),
     }
 }
 
@@ -383,7 +403,8 @@ pub fn open(
         let taken_back = r.released.is_some()
             && counter.holder == holder_for(place.holder, place.name)
             && Some(counter.value) == r.version.checked_add(1);
-        if taken_back { counter.value } else { r.version }
+        let version = if taken_back { counter.value } else { r.version };
+        (version, r.released.as_deref())
     });
     let version = match decide(disk, &counter, place.name, resource, place.holder)? {
         Decision::Continue(v) => v,
@@ -583,7 +604,7 @@ pub fn take_back(
     )?;
     // The broker first here: the disk must not claim a version the destination may
     // hold. A crash before this write leaves the disk one behind its own holder's
-    // record, which the next deploy refuses (RolledBack) rather than guessing.
+    // record, which the next deploy recognises (`open`: a taken-back release).
     write_record(
         dir,
         &Record {
@@ -667,6 +688,13 @@ pub fn accept(
             key_id,
             version,
         }),
+        // The broker did not answer: the commit may have been applied. The files and
+        // the record stay, so a commit the broker did record is never lost; the next
+        // deploy here continues exactly when the broker names this appliance.
+        Err(e @ StateError::Broker(_)) => {
+            let _ = fscrypt::remove_key(place.mount, &key_id);
+            Err(e)
+        }
         Err(e) => {
             let _ = wipe(place.dir);
             let _ = fscrypt::remove_key(place.mount, &key_id);
@@ -762,7 +790,7 @@ mod tests {
     }
 
     fn decide_w(disk: Option<u64>, c: &Counter) -> Result<Decision, StateError> {
-        decide(disk, c, "w", "r/w/state-key", "volume:a")
+        decide(disk.map(|v| (v, None)), c, "w", "r/w/state-key", "volume:a")
     }
 
     #[test]
@@ -834,13 +862,33 @@ mod tests {
             decide_w(None, &at(5, "volume:b/w")),
             Err(StateError::MigratedAway { broker: 5, .. })
         ));
+        // Our own unfinished release, at our version: taken back.
+        let release = at(4, "releasing:m1:ab/w");
         assert_eq!(
-            decide_w(Some(4), &at(4, "releasing:m1:ab/w")).unwrap(),
+            decide(Some((4, Some("m1"))), &release, "w", "r", "volume:a").unwrap(),
             Decision::Continue(5)
         );
+        // Any other release (another migration, another version, no record of it)
+        // is left for the broker to settle.
+        for disk in [
+            Some((4, Some("m2"))),
+            Some((4, None)),
+            Some((3, Some("m1"))),
+            None,
+        ] {
+            assert!(
+                matches!(
+                    decide(disk, &release, "w", "r", "volume:a"),
+                    Err(StateError::Lease { .. })
+                ),
+                "{disk:?}"
+            );
+        }
+        // Equal versions held by another appliance: never continued (the disk's
+        // record may be a write whose compare-and-set failed).
         assert!(matches!(
-            decide_w(Some(3), &at(4, "releasing:m1:ab/w")),
-            Err(StateError::RolledBack { .. })
+            decide_w(Some(6), &at(6, "volume:b/w")),
+            Err(StateError::MigratedAway { .. })
         ));
     }
 
