@@ -14,6 +14,7 @@ pub mod certificate;
 #[cfg(feature = "confine")]
 pub mod confine;
 pub mod confinement;
+mod cose;
 pub mod launch;
 pub mod migration;
 pub mod policy;

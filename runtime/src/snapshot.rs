@@ -17,8 +17,7 @@
 
 use std::path::{Component, Path};
 
-use coset::{CoseEncrypt0, CoseEncrypt0Builder, HeaderBuilder, TaggedCborSerializable as _, iana};
-use rand_core::RngCore as _;
+use coset::{CoseEncrypt0, TaggedCborSerializable as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
@@ -215,7 +214,6 @@ pub fn seal(
     state_key: &[u8],
 ) -> Result<Vec<u8>, SnapshotError> {
     use aes_gcm::KeyInit as _;
-    use aes_gcm::aead::{Aead as _, Payload};
     for (p, _) in entries {
         check_path(p)?;
     }
@@ -236,28 +234,8 @@ pub fn seal(
         serde_json::to_vec(&header).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     let cipher = aes_gcm::Aes256Gcm::new_from_slice(&*key(state_key, migration))
         .map_err(|_| SnapshotError::Decrypt)?;
-    let mut iv = [0u8; 12];
-    rand_core::OsRng.fill_bytes(&mut iv);
     let aad = Sha256::digest(&header_bytes);
-    let encrypt0 = CoseEncrypt0Builder::new()
-        .protected(
-            HeaderBuilder::new()
-                .algorithm(iana::Algorithm::A256GCM)
-                .build(),
-        )
-        .unprotected(HeaderBuilder::new().iv(iv.to_vec()).build())
-        .try_create_ciphertext(&plain, &aad, |pt, enc_structure| {
-            cipher
-                .encrypt(
-                    aes_gcm::Nonce::from_slice(&iv),
-                    Payload {
-                        msg: pt,
-                        aad: enc_structure,
-                    },
-                )
-                .map_err(|_| SnapshotError::Decrypt)
-        })?
-        .build();
+    let encrypt0 = crate::cose::seal(&cipher, &plain, &aad).ok_or(SnapshotError::Decrypt)?;
     let outer = ciborium::Value::Array(vec![
         ciborium::Value::Text(FORMAT.to_owned()),
         ciborium::Value::Bytes(header_bytes),
@@ -324,35 +302,20 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, SnapshotError> {
 impl Parsed {
     /// Decrypt with the state key and check the entries against the header.
     pub fn open(&self, state_key: &[u8]) -> Result<Vec<Entry>, SnapshotError> {
-        use aes_gcm::KeyInit as _;
-        use aes_gcm::aead::{Aead as _, Payload};
-        if self.encrypt0.protected.header.alg
-            != Some(coset::Algorithm::Assigned(iana::Algorithm::A256GCM))
-        {
-            return Err(SnapshotError::Malformed("not A256GCM".into()));
-        }
-        let iv = &self.encrypt0.unprotected.iv;
-        if iv.len() != 12 {
-            return Err(SnapshotError::Malformed("IV is not 12 bytes".into()));
-        }
-        let cipher = aes_gcm::Aes256Gcm::new_from_slice(&*key(state_key, &self.header.migration))
-            .map_err(|_| SnapshotError::Decrypt)?;
         let aad = Sha256::digest(&self.header_bytes);
-        let plain = Zeroizing::new(self.encrypt0.decrypt_ciphertext(
+        let plain = crate::cose::open(
+            &self.encrypt0,
+            &*key(state_key, &self.header.migration),
             &aad,
-            || SnapshotError::Decrypt,
-            |ct, enc_structure| {
-                cipher
-                    .decrypt(
-                        aes_gcm::Nonce::from_slice(iv),
-                        Payload {
-                            msg: ct,
-                            aad: enc_structure,
-                        },
-                    )
-                    .map_err(|_| SnapshotError::Decrypt)
-            },
-        )?);
+        )
+        .map(Zeroizing::new)
+        .map_err(|e| match e {
+            crate::cose::OpenError::Algorithm(_) => SnapshotError::Malformed("not A256GCM".into()),
+            crate::cose::OpenError::Iv => SnapshotError::Malformed("IV is not 12 bytes".into()),
+            crate::cose::OpenError::KeyLength(_) | crate::cose::OpenError::Decrypt => {
+                SnapshotError::Decrypt
+            }
+        })?;
         let actual = hex::encode(Sha256::digest(&*plain));
         if actual != self.header.sha256 {
             return Err(SnapshotError::Digest {

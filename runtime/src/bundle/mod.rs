@@ -19,8 +19,7 @@
 pub mod owner;
 
 use coset::{
-    CoseEncrypt0, CoseEncrypt0Builder, CoseSign1, CoseSign1Builder, HeaderBuilder,
-    TaggedCborSerializable as _, iana,
+    CoseEncrypt0, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable as _, iana,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -228,8 +227,6 @@ pub fn seal_manifest(
     owner: &OwnerKey,
     content_key: &[u8],
 ) -> Result<Vec<u8>, BundleError> {
-    use aes_gcm::aead::{Aead as _, Payload};
-    use rand_core::RngCore as _;
     manifest.validate()?;
     let payload =
         serde_json::to_vec(&manifest).map_err(|e| BundleError::Manifest(e.to_string()))?;
@@ -249,28 +246,8 @@ pub fn seal_manifest(
         .build();
 
     let cipher = aes(content_key)?;
-    let mut iv = [0u8; 12];
-    rand_core::OsRng.fill_bytes(&mut iv);
     let aad = Sha256::digest(&payload);
-    let encrypt0 = CoseEncrypt0Builder::new()
-        .protected(
-            HeaderBuilder::new()
-                .algorithm(iana::Algorithm::A256GCM)
-                .build(),
-        )
-        .unprotected(HeaderBuilder::new().iv(iv.to_vec()).build())
-        .try_create_ciphertext(wasm, &aad, |pt, enc_structure| {
-            cipher
-                .encrypt(
-                    aes_gcm::Nonce::from_slice(&iv),
-                    Payload {
-                        msg: pt,
-                        aad: enc_structure,
-                    },
-                )
-                .map_err(|_| BundleError::Decrypt)
-        })?
-        .build();
+    let encrypt0 = crate::cose::seal(&cipher, wasm, &aad).ok_or(BundleError::Decrypt)?;
 
     let sign1 = sign1.to_tagged_vec().map_err(malformed)?;
     let encrypt0 = encrypt0.to_tagged_vec().map_err(malformed)?;
@@ -392,37 +369,13 @@ impl VerifiedBundle {
 
     /// Steps 4 and 5: decrypt with the content key, then check the Wasm's hash and size.
     pub fn open(&self, content_key: &[u8]) -> Result<Zeroizing<Vec<u8>>, BundleError> {
-        use aes_gcm::aead::{Aead as _, Payload};
-        if self.encrypt0.protected.header.alg
-            != Some(coset::Algorithm::Assigned(iana::Algorithm::A256GCM))
-        {
-            return Err(BundleError::Algorithm(format!(
-                "{:?}",
-                self.encrypt0.protected.header.alg
-            )));
-        }
-        let iv = &self.encrypt0.unprotected.iv;
-        if iv.len() != 12 {
-            return Err(malformed("IV is not 12 bytes"));
-        }
-        let cipher = aes(content_key)?;
-        let wasm = self
-            .encrypt0
-            .decrypt_ciphertext(
-                &self.digest,
-                || BundleError::Decrypt,
-                |ct, enc_structure| {
-                    cipher
-                        .decrypt(
-                            aes_gcm::Nonce::from_slice(iv),
-                            Payload {
-                                msg: ct,
-                                aad: enc_structure,
-                            },
-                        )
-                        .map_err(|_| BundleError::Decrypt)
-                },
-            )
+        let wasm = crate::cose::open(&self.encrypt0, content_key, &self.digest)
+            .map_err(|e| match e {
+                crate::cose::OpenError::Algorithm(a) => BundleError::Algorithm(a),
+                crate::cose::OpenError::Iv => malformed("IV is not 12 bytes"),
+                crate::cose::OpenError::KeyLength(n) => BundleError::KeyLength(n),
+                crate::cose::OpenError::Decrypt => BundleError::Decrypt,
+            })
             .map(Zeroizing::new)?;
         let actual = hex::encode(Sha256::digest(&wasm));
         if actual != self.manifest.wasm_sha256 || wasm.len() as u64 != self.manifest.wasm_size {
