@@ -133,6 +133,58 @@ impl Broker {
         })
     }
 
+    /// Retire the counter at `path` (`{"expect": VALUE}`, the value the admin saw):
+    /// the security team declares the state it counts lost. The counter moves one
+    /// past its value to the holder `removed/NAME` (NAME: the workload its holder
+    /// names), which is what a workload's own removal records: the next deploy
+    /// starts with empty state, and a copy of the old state that turns up anywhere is
+    /// wiped, never served.
+    pub fn admin_retire_counter(
+        &self,
+        bearer: Option<&str>,
+        path: &str,
+        body: &[u8],
+        peer: &str,
+    ) -> Result<Counter, KbsError> {
+        self.admin("retire-counter", Some(path), bearer, peer, || {
+            let p = ResourcePath::parse(path)
+                .map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
+            let req: Retire =
+                serde_json::from_slice(body).map_err(|e| KbsError::SerdeError(e.to_string()))?;
+            let _held = self
+                .counter_write
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = self.store.get_counter(&p)?;
+            if current.value != req.expect {
+                return Err(KbsError::CounterConflict {
+                    path: p.to_string(),
+                    current: current.value,
+                    expected: req.expect,
+                });
+            }
+            let name = current
+                .holder
+                .rsplit_once('/')
+                .map(|(_, n)| n)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    KbsError::BadCounterUpdate(format!(
+                        "counter {p} has no holder naming a workload ({:?}): nothing to retire",
+                        current.holder
+                    ))
+                })?;
+            let next = Counter {
+                value: current.value.checked_add(1).ok_or_else(|| {
+                    KbsError::BadCounterUpdate(format!("counter {p} is exhausted"))
+                })?,
+                holder: format!("removed/{name}"),
+            };
+            self.store.put_counter(&p, &next)?;
+            Ok(next)
+        })
+    }
+
     /// Remove a resource.
     pub fn admin_remove_resource(
         &self,
@@ -260,4 +312,12 @@ impl Broker {
             self.reference_document()
         })
     }
+}
+
+/// The body of a counter's retirement.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Retire {
+    /// The value the admin saw (a compare-and-set, like every counter write).
+    expect: u64,
 }

@@ -213,6 +213,10 @@ async fn dispatch(
             let b = body(req, MAX_COUNTER_BODY).await?;
             json(&broker.advance_counter(session, bearer, &r["/counter/".len()..], &b, peer)?)
         }
+        (&Method::POST, r) if r.starts_with("/admin/counter/") => {
+            let b = body(req, MAX_COUNTER_BODY).await?;
+            json(&broker.admin_retire_counter(bearer, &r["/admin/counter/".len()..], &b, peer)?)
+        }
         (&Method::GET, r) if r.starts_with("/admin/counter/") => {
             json(&broker.admin_get_counter(bearer, &r["/admin/counter/".len()..], peer)?)
         }

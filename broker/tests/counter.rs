@@ -118,6 +118,61 @@ fn a_counter_moves_forward_by_compare_and_set_only() {
 }
 
 #[test]
+fn the_admin_retires_a_counter_whose_state_is_lost() {
+    let b = start(Options {
+        allow_sample: true,
+        ..Options::default()
+    });
+    b.set_policy(ALLOW_ALL);
+    let mut c = KbsClient::new(b.client_config()).unwrap();
+    c.attest(&mut SampleAttester).unwrap();
+    let path = format!("/kbs/v0/admin/counter/{PATH}");
+    // Nothing holds a counter never written: nothing to retire.
+    let r = b.admin("POST", &path, br#"{"expect":0}"#);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    c.advance_counter(PATH, &update(0, 7, "volume:abc/badge"))
+        .unwrap();
+    // The value the admin saw must still be the counter's.
+    let r = b.admin("POST", &path, br#"{"expect":6}"#);
+    assert_eq!(r.status, 409);
+    assert!(String::from_utf8_lossy(&r.body).contains("is at 7, not 6"));
+    // Not a retirement without the value.
+    let r = b.admin("POST", &path, b"{}");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("SerdeError"),
+        "{}",
+        r.status
+    );
+    assert_eq!(c.counter(PATH).unwrap().value, 7);
+    let r = b.admin("POST", &path, br#"{"expect":7}"#);
+    assert_eq!(r.status, 200);
+    let retired: Counter = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (retired.value, retired.holder.as_str()),
+        (8, "removed/badge")
+    );
+    assert_eq!(c.counter(PATH).unwrap(), retired);
+    // Only the admin may: an attested TEE's token is not an admin token.
+    let r = b
+        .transport()
+        .call(
+            "POST",
+            &path,
+            None,
+            None,
+            Some(("application/json", br#"{"expect":8}"#.as_slice())),
+        )
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(c.counter(PATH).unwrap(), retired);
+    let audit = b.audit_log();
+    assert!(
+        audit.contains("\"endpoint\":\"retire-counter\",\"outcome\":\"admin\""),
+        "{audit}"
+    );
+}
+
+#[test]
 fn a_create_only_write_keeps_the_existing_resource() {
     let b = start(Options::default());
     let put = |bytes: &[u8]| {

@@ -96,6 +96,19 @@ fn a_passport_names_the_attested_key_and_nothing_else() {
         passport::check(&broker_key, &token, p.expires_at, &key_sha),
         Err(PassportError::Token(TokenError::Expired { .. }))
     ));
+    // Checked at a time before it was issued (beyond the allowed skew): refused.
+    let early = p.issued_at - passport::MAX_CLOCK_SKEW - 1;
+    assert!(matches!(
+        passport::check(&broker_key, &token, early, &key_sha),
+        Err(PassportError::Token(TokenError::NotYetValid { .. }))
+    ));
+    passport::check(
+        &broker_key,
+        &token,
+        p.issued_at - passport::MAX_CLOCK_SKEW,
+        &key_sha,
+    )
+    .unwrap();
     assert_eq!(
         passport::broker_key(&json!({"kty": "RSA"})).unwrap_err(),
         PassportError::BrokerKey

@@ -43,10 +43,23 @@ pub enum TokenError {
         /// Now.
         now: u64,
     },
+    /// Issued later than `now` allows (a clock far off, or a token minted ahead).
+    #[error(
+        "attestation token was issued at {iat}, after {now} plus {MAX_CLOCK_SKEW} s of clock skew"
+    )]
+    NotYetValid {
+        /// Issued at.
+        iat: u64,
+        /// Now.
+        now: u64,
+    },
     /// The claims lack the TEE public key.
     #[error("attestation token carries no tee-pubkey")]
     NoTeeKey,
 }
+
+/// How far ahead of the checker's clock a token's issue time may be.
+pub const MAX_CLOCK_SKEW: u64 = 300;
 
 /// Verify a token with the broker's `key` at `now`; return its claims.
 pub fn verify_token(key: &VerifyingKey, token: &str, now: u64) -> Result<Value, TokenError> {
@@ -81,6 +94,11 @@ pub fn verify_token(key: &VerifyingKey, token: &str, now: u64) -> Result<Value, 
         .ok_or(TokenError::Malformed("no exp claim"))?;
     if now >= exp {
         return Err(TokenError::Expired { exp, now });
+    }
+    if let Some(iat) = claims["iat"].as_u64()
+        && iat > now.saturating_add(MAX_CLOCK_SKEW)
+    {
+        return Err(TokenError::NotYetValid { iat, now });
     }
     Ok(claims)
 }

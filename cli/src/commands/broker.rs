@@ -42,7 +42,8 @@ enum BrokerCommand {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Show a counter (a workload's state version, at its state key's path).
+    /// Show a counter (a workload's state version, at its state key's path), or
+    /// retire it when the state it counts is lost.
     Counter {
         #[command(subcommand)]
         command: CounterCommand,
@@ -55,6 +56,19 @@ enum CounterCommand {
     Get {
         /// REPOSITORY/TYPE/TAG.
         path: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Declare the state this counter counts lost (its disk is gone): the counter
+    /// moves one past VALUE to `removed/NAME`, so the workload's next deploy starts
+    /// with empty state, and any copy of the old state is wiped, never served.
+    /// Prints the new counter as JSON.
+    Retire {
+        /// REPOSITORY/TYPE/TAG.
+        path: String,
+        /// The counter's value as `counter get` showed it (refused if it moved since).
+        #[arg(long, value_name = "VALUE")]
+        expect: u64,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -267,6 +281,17 @@ impl Admin {
         serde_json::from_slice(&resp.body).context("the broker's counter is not JSON")
     }
 
+    /// Retire a counter (`cvm broker counter retire`).
+    pub fn retire_counter(&self, path: &str, expect: u64) -> anyhow::Result<Counter> {
+        let body = json!({ "expect": expect }).to_string();
+        let resp = self.call(
+            "POST",
+            &format!("/kbs/v0/admin/counter/{path}"),
+            body.as_bytes(),
+        )?;
+        serde_json::from_slice(&resp.body).context("the broker's counter is not JSON")
+    }
+
     /// Register reference values.
     pub fn import_reference(&self, name: &str, values: &Value) -> anyhow::Result<()> {
         let body = json!({"name": name, "values": values}).to_string();
@@ -412,9 +437,16 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        BrokerCommand::Counter {
-            command: CounterCommand::Get { path, admin },
-        } => super::print_json(&Admin::connect(&admin)?.counter(&path)?),
+        BrokerCommand::Counter { command } => match command {
+            CounterCommand::Get { path, admin } => {
+                super::print_json(&Admin::connect(&admin)?.counter(&path)?)
+            }
+            CounterCommand::Retire {
+                path,
+                expect,
+                admin,
+            } => super::print_json(&Admin::connect(&admin)?.retire_counter(&path, expect)?),
+        },
         BrokerCommand::Policy { command } => match command {
             PolicyCommand::Set { file, admin } => {
                 let rego = String::from_utf8(read_file("policy", &file)?)
