@@ -125,6 +125,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         policy: args.workload_policy.clone(),
         name: Some("hello".into()),
         version: "0.1.0".into(),
+        env: Vec::new(),
         key_resource: "default/hello/key".into(),
         state_key_resource: None,
         owner_key: owner_key.clone(),

@@ -43,6 +43,10 @@ pub struct SealArgs {
     /// Its version.
     #[arg(long, default_value = "0.1.0")]
     pub version: String,
+    /// Set a variable of the policy's env (added, or replacing the file's value): the
+    /// owner's configuration for this bundle, signed with it. Repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
     /// Broker resource path of the content key (repository/type/tag).
     #[arg(long)]
     pub key_resource: String,
@@ -152,8 +156,18 @@ pub fn seal_command(args: SealArgs) -> anyhow::Result<()> {
     );
     let policy_text = std::fs::read_to_string(&args.policy)
         .with_context(|| format!("read policy {}", args.policy.display()))?;
-    let policy = WorkloadPolicy::from_yaml(&policy_text)
+    let mut policy = WorkloadPolicy::from_yaml(&policy_text)
         .with_context(|| format!("policy {}", args.policy.display()))?;
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv:?} is not NAME=VALUE"))?;
+        policy.env.insert(k.to_owned(), v.to_owned());
+    }
+    // The variables given here are checked as the file's are.
+    policy
+        .validate()
+        .with_context(|| format!("policy {} with --env", args.policy.display()))?;
     let owner_pem = std::fs::read_to_string(&args.owner_key)
         .with_context(|| format!("read owner key {} (cvm keygen)", args.owner_key.display()))?;
     let owner = OwnerKey::from_pem(&owner_pem)

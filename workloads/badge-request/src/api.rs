@@ -1,11 +1,10 @@
 //! The HTTP API, independent of how requests arrive (the component in `component.rs`,
 //! or the host tests).
 //!
-//! Every request but `GET /healthz` names its caller: `x-badge-role` (`employee`,
-//! `manager` or `security`) and `x-badge-actor` (who, recorded in the audit trail); the
-//! service enforces what each role may do. The headers are not authenticated here: the
-//! port must only be reachable through a front end that authenticates callers and
-//! replaces both (caller authentication in the appliance is still to come).
+//! Every request but `GET /healthz` carries the caller's token (`authorization: Bearer
+//! …`, see `caller.rs`), signed with the owner's caller key and naming the role
+//! (`employee`, `manager` or `security`) and the caller's id (recorded in the audit
+//! trail); the service enforces what each role may do.
 //!
 //! | request | role | does |
 //! |---|---|---|
@@ -20,14 +19,16 @@
 //! | `GET /state` | security | version, counts, digest of records and audit trail |
 //!
 //! Errors are JSON `{"error": "…"}` naming what was wrong: 400 malformed or invalid,
-//! 403 not allowed for the role, 404 unknown, 405 wrong method, 409 not in a state that
-//! allows it, 413 body too large, 500 the records could not be read or written.
+//! 401 no valid token, 403 not allowed for the role, 404 unknown, 405 wrong method, 409 not in a state that
+//! allows it, 413 body too large, 500 the records could not be read or written, 503 no
+//! caller key configured.
 
 use std::path::Path;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::caller::{self, CallerKey};
 use crate::model::{self, Badge, NewBadge, Reason, Role, Status};
 use crate::store::{Action, Entry, Store};
 
@@ -47,10 +48,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Path with query.
     pub path: &'a str,
-    /// `x-badge-role`.
-    pub role: Option<&'a str>,
-    /// `x-badge-actor`.
-    pub actor: Option<&'a str>,
+    /// The `authorization` header.
+    pub authorization: Option<&'a str>,
     /// The body.
     pub body: &'a [u8],
 }
@@ -71,6 +70,8 @@ pub struct Context {
     pub sites: Vec<String>,
     /// Now, seconds since the epoch.
     pub now: u64,
+    /// The key callers' tokens are signed with (`CALLER_KEY`), or why there is none.
+    pub caller_key: std::result::Result<CallerKey, String>,
 }
 
 fn err(status: u16, msg: impl Into<String>) -> Response {
@@ -96,22 +97,15 @@ pub fn handle(root: &Path, ctx: &Context, req: &Request<'_>) -> Response {
             _ => err(405, "GET only"),
         };
     }
-    let Some(role) = req.role else {
-        return err(
-            400,
-            "missing x-badge-role header (employee, manager or security)",
-        );
+    let key = match &ctx.caller_key {
+        Ok(k) => k,
+        Err(e) => return err(503, format!("no caller can be authenticated: {e}")),
     };
-    let Some(role) = Role::parse(role) else {
-        return err(
-            400,
-            format!("x-badge-role {role:?} is not employee, manager or security"),
-        );
+    let caller = match caller::verify(key, req.authorization, ctx.now) {
+        Ok(c) => c,
+        Err(e) => return err(401, e),
     };
-    let actor = req.actor.unwrap_or_default();
-    if let Err(e) = model::validate_actor(actor) {
-        return err(400, e);
-    }
+    let (role, actor) = (caller.role, caller.actor.as_str());
     if req.body.len() > MAX_BODY {
         return err(413, format!("request body is larger than {MAX_BODY} bytes"));
     }

@@ -37,8 +37,7 @@ fn serve(request: IncomingRequest) -> Response {
         _ => "OTHER",
     };
     let path = request.path_with_query().unwrap_or_default();
-    let role = header(&request, "x-badge-role");
-    let actor = header(&request, "x-badge-actor");
+    let authorization = header(&request, "authorization");
     let body = match read_body(request) {
         Ok(b) => b,
         Err((status, msg)) => {
@@ -54,6 +53,7 @@ fn serve(request: IncomingRequest) -> Response {
     let ctx = Context {
         sites: crate::sites(std::env::var("SITES").ok().as_deref()),
         now,
+        caller_key: crate::caller::CallerKey::parse(std::env::var("CALLER_KEY").ok().as_deref()),
     };
     api::handle(
         std::path::Path::new("/data"),
@@ -61,8 +61,7 @@ fn serve(request: IncomingRequest) -> Response {
         &Request {
             method,
             path: &path,
-            role: role.as_deref(),
-            actor: actor.as_deref(),
+            authorization: authorization.as_deref(),
             body: &body,
         },
     )

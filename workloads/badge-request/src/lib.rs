@@ -5,10 +5,12 @@
 //! `/data`, on the appliance's encrypted state volume, and every acknowledged change is
 //! on disk before the response is sent (`store.rs`). The API is in `api.rs`.
 //!
-//! Configuration (the policy's env): `SITES`, comma-separated sites badges are issued
-//! for (default: Zurich, Geneva, Lausanne, Bern).
+//! Configuration (the policy's env): `CALLER_KEY`, the Ed25519 public key callers'
+//! tokens are signed with (`caller.rs`; required); `SITES`, comma-separated sites
+//! badges are issued for (default: Zurich, Geneva, Lausanne, Bern).
 
 pub mod api;
+pub mod caller;
 pub mod model;
 pub mod store;
 

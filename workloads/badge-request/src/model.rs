@@ -92,7 +92,7 @@ pub struct Reason {
     pub reason: String,
 }
 
-/// Who is asking (the `x-badge-role` header).
+/// What a caller may do (the `role` of their token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -105,7 +105,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// Parse the header's value.
+    /// Parse a token's role.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "employee" => Some(Self::Employee),
@@ -186,9 +186,9 @@ pub fn validate_reason(r: &Reason) -> Result<(), String> {
     text("reason", &r.reason, 500)
 }
 
-/// Check the `x-badge-actor` header.
+/// Check a caller's id (the token's `sub`).
 pub fn validate_actor(s: &str) -> Result<(), String> {
-    text("x-badge-actor", s, 64)
+    text("the token's sub", s, 64)
 }
 
 #[cfg(test)]

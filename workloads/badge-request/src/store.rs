@@ -54,7 +54,7 @@ pub struct Entry {
     pub seq: u64,
     /// When (seconds since the epoch).
     pub at: u64,
-    /// Who (`x-badge-actor`).
+    /// Who (the caller token's `sub`).
     pub actor: String,
     /// In which role.
     pub role: Role,

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use badge_request::api::{Context, Request, Response, handle};
+use badge_request::caller::{CallerKey, mint};
 use badge_request::store::{Action, Entry, Store};
 use serde_json::{Value, json};
 
@@ -25,11 +26,27 @@ impl Drop for Dir {
     }
 }
 
+const NOW: u64 = 1_800_000_000;
+
+/// The owner's caller key (a fixed test key).
+fn caller_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42; 32])
+}
+
 fn ctx() -> Context {
+    use base64::Engine as _;
+    let public =
+        base64::engine::general_purpose::STANDARD.encode(caller_key().verifying_key().as_bytes());
     Context {
         sites: badge_request::sites(None),
-        now: 1_800_000_000,
+        now: NOW,
+        caller_key: CallerKey::parse(Some(&public)),
     }
+}
+
+/// `authorization` for `who` (role, id), valid for ten minutes.
+fn bearer(who: (&str, &str)) -> String {
+    format!("Bearer {}", mint(&caller_key(), who.0, who.1, NOW + 600))
 }
 
 fn call(root: &Path, method: &str, path: &str, who: (&str, &str), body: &Value) -> Response {
@@ -44,8 +61,7 @@ fn call(root: &Path, method: &str, path: &str, who: (&str, &str), body: &Value) 
         &Request {
             method,
             path,
-            role: Some(who.0),
-            actor: Some(who.1),
+            authorization: Some(&bearer(who)),
             body: &body,
         },
     )
@@ -126,28 +142,56 @@ fn request_approve_list_revoke_and_the_audit_trail() {
 fn every_bad_request_is_named() {
     let d = Dir::new("errors");
     assert_eq!(request_ada(&d.0).status, 201);
-    let no_role = handle(
-        &d.0,
-        &ctx(),
-        &Request {
-            method: "GET",
-            path: "/badges/B000001",
-            role: None,
-            actor: None,
-            body: b"",
-        },
+    let anonymous = |authorization: Option<&str>, ctx: &Context| {
+        handle(
+            &d.0,
+            ctx,
+            &Request {
+                method: "GET",
+                path: "/badges/B000001",
+                authorization,
+                body: b"",
+            },
+        )
+    };
+    // A token signed with another key, and one for an older time.
+    let forged = format!(
+        "Bearer {}",
+        mint(
+            &ed25519_dalek::SigningKey::from_bytes(&[43; 32]),
+            "security",
+            "guard-7",
+            NOW + 600
+        )
     );
+    let expired = format!("Bearer {}", mint(&caller_key(), "security", "guard-7", NOW));
+    let unconfigured = Context {
+        caller_key: CallerKey::parse(None),
+        ..ctx()
+    };
     let cases: Vec<(Response, u16, &str)> = vec![
-        (no_role, 400, "x-badge-role"),
+        (anonymous(None, &ctx()), 401, "missing authorization"),
+        (
+            anonymous(Some("Basic Z3Vlc3Q6Z3Vlc3Q="), &ctx()),
+            401,
+            "not a Bearer token",
+        ),
+        (anonymous(Some(&forged), &ctx()), 401, "does not verify"),
+        (anonymous(Some(&expired), &ctx()), 401, "expired"),
+        (
+            anonymous(Some(&bearer(SEC)), &unconfigured),
+            503,
+            "CALLER_KEY is not set",
+        ),
         (
             call(&d.0, "GET", "/badges", ("root", "x"), &Value::Null),
-            400,
+            401,
             "\"root\"",
         ),
         (
             call(&d.0, "GET", "/badges", ("manager", ""), &Value::Null),
-            400,
-            "x-badge-actor",
+            401,
+            "sub",
         ),
         (
             call(
@@ -279,8 +323,7 @@ fn every_bad_request_is_named() {
         &Request {
             method: "POST",
             path: "/import",
-            role: Some("security"),
-            actor: Some("guard-7"),
+            authorization: Some(&bearer(SEC)),
             body: &big,
         },
     );
