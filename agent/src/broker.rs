@@ -67,6 +67,35 @@ impl Broker {
         &self.url
     }
 
+    /// Whether the broker accepts a TCP connection within `timeout` (blocking): a
+    /// cheap probe before work that would otherwise measure a deploy for nothing.
+    pub fn reachable(&self, timeout: std::time::Duration) -> bool {
+        use std::net::ToSocketAddrs as _;
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        let default_port = if self.url.starts_with("http://") {
+            80
+        } else {
+            443
+        };
+        let addr = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        addr.to_socket_addrs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .any(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok())
+    }
+
     /// Attest with this guest's evidence and fetch `resource` (blocking).
     pub fn fetch(
         &self,

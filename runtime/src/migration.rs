@@ -26,6 +26,11 @@ pub enum Outcome {
     Aborted,
     /// Nothing left the source: the destination was refused before any data was sent.
     Refused,
+    /// Not settled yet: the broker could not be asked whether the destination
+    /// committed, so nothing serves until it answers; the source then takes the
+    /// release back and serves again (`Aborted`), or learns of the commit
+    /// (`Migrated`). `GET /v1/migrations/ID` shows the settled report.
+    Pending,
 }
 
 /// The source's answer to the owner.

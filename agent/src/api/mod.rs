@@ -95,6 +95,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AgentState>) -> Response<Body
         || path.starts_with("/v1/workloads/")
         || path == "/v1/metrics"
         || path == "/v1/migrations"
+        || path.starts_with("/v1/migrations/")
     {
         return route_workloads(req, state).await;
     }
@@ -174,6 +175,16 @@ async fn route_workloads(req: Request<Incoming>, state: &Arc<AgentState>) -> Res
         Err(detail) => return error(StatusCode::UNAUTHORIZED, "Unauthorized", detail),
     };
     let w = &state.workloads;
+    if let Some(id) = path.strip_prefix("/v1/migrations/") {
+        return match method {
+            Method::GET => workloads::migration(w, id, &owner),
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} is not allowed here"),
+            ),
+        };
+    }
     let rest = path.strip_prefix("/v1/workloads/").unwrap_or("");
     let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
     match (&method, path.as_str(), action) {

@@ -118,6 +118,21 @@ pub async fn migrate(w: &Arc<Workloads>, name: &str, owner: &[u8], body: &[u8]) 
     }
 }
 
+/// `GET /v1/migrations/ID` (owner-signed): the report of a migration from here (a
+/// pending one shows its outcome once settled).
+pub fn migration(w: &Workloads, id: &str, owner: &[u8]) -> Response<Body> {
+    match w.reports.get(id, owner) {
+        Some(r) => json(StatusCode::OK, &r),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "no migration {id} of this owner's is known here (the last 64 are kept, until a restart)"
+            ),
+        ),
+    }
+}
+
 /// `POST /v1/migrations`: another appliance's offer; the acceptance certificate.
 pub async fn receive(w: &Arc<Workloads>, body: &[u8]) -> Response<Body> {
     let offer: Offer = match serde_json::from_slice(body) {

@@ -21,7 +21,9 @@
 //! 4. S deletes its copy on the acceptance, or when the broker shows D holds. If D
 //!    refuses or cannot be reached, S takes the release back by the same
 //!    compare-and-set D would need (exactly one wins), signs an abort certificate and
-//!    serves again.
+//!    serves again. If the broker cannot be asked, the migration is pending: nothing
+//!    serves (D may yet commit) and `settle` asks again until the broker answers, then
+//!    serves here again or finishes as migrated.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,6 +120,37 @@ async fn blocking<T: Send + 'static>(
         .and_then(|r| r)
 }
 
+/// Reports kept for `GET /v1/migrations/ID` (the oldest go first).
+const MAX_REPORTS: usize = 64;
+
+/// The last migrations from this appliance, each with the kid of the owner who asked:
+/// a pending one is settled later, and its owner looks the outcome up here.
+#[derive(Debug, Default)]
+pub struct Reports(std::sync::Mutex<std::collections::VecDeque<(Vec<u8>, MigrateReport)>>);
+
+impl Reports {
+    fn put(&self, owner: &[u8], report: &MigrateReport) {
+        let Ok(mut r) = self.0.lock() else { return };
+        r.retain(|(_, old)| old.migration != report.migration);
+        if r.len() >= MAX_REPORTS {
+            r.pop_front();
+        }
+        r.push_back((owner.to_vec(), report.clone()));
+    }
+
+    /// Migration `id`'s report, if `owner` asked for it.
+    pub fn get(&self, id: &str, owner: &[u8]) -> Option<MigrateReport> {
+        self.0
+            .lock()
+            .ok()?
+            .iter()
+            .find_map(|(o, r)| (r.migration == id && o.as_slice() == owner).then(|| r.clone()))
+    }
+}
+
+/// How long a pending migration waits between asks of the broker, at most.
+const SETTLE_MAX_DELAY: Duration = Duration::from_secs(30);
+
 /// Source: migrate `name` (owned by `owner`) as `req` says.
 pub async fn migrate(
     w: &Arc<Workloads>,
@@ -140,16 +173,33 @@ pub async fn migrate(
         .ok()
         .and_then(|k| k.try_into().ok())
         .ok_or_else(|| MigrateError::BadRequest("to_key_sha256 is not 64 hex digits".into()))?;
-    let to_hex = hex::encode(to_key);
-    let migration = migration_id();
-    let report = |outcome, reason: Option<String>, version, bytes, certificates| MigrateReport {
-        migration: migration.clone(),
-        outcome,
-        reason,
-        version,
-        snapshot_bytes: bytes,
-        millis: started.elapsed().as_millis() as u64,
-        certificates,
+    let broker = w
+        .ctx
+        .broker
+        .clone()
+        .ok_or_else(|| MigrateError::Unavailable("this appliance has no key broker".into()))?;
+    // The owner's bundle as deployed: the destination gets it, and a resume here
+    // deploys it again (kept in memory: the run folder goes with the entry).
+    let bundle = std::fs::read(w.ctx.run_dir.join(name).join(BUNDLE_FILE))
+        .map_err(|e| MigrateError::Unavailable(format!("the workload's bundle: {e}")))?;
+    let mut src = Source {
+        w: w.clone(),
+        name: name.to_owned(),
+        owner: owner.to_vec(),
+        migration: migration_id(),
+        to: hex::encode(to_key),
+        started,
+        opened: opened.clone(),
+        bundle: Arc::new(bundle),
+        manifest_sha256: entry
+            .status()
+            .map(|s| s.manifest_sha256)
+            .unwrap_or_default(),
+        released: None,
+        taken_back: false,
+        snapshot_sha256: None,
+        snapshot_bytes: 0,
+        certificates: Vec::new(),
     };
 
     // (1) The destination's passport, checked before anything leaves.
@@ -168,19 +218,18 @@ pub async fn migrate(
             .map_err(|e| crate::error_chain(&e))
     })
     .await;
-    let refused = |why: String| {
+    let checked = match theirs {
+        Ok(t) if t.broker_key != mine.broker_key => {
+            Err("the destination attests to another broker".to_owned())
+        }
+        Ok(t) => passport::check(&broker_key, &t.token, now(), &to_key)
+            .map(drop)
+            .map_err(|e| format!("the destination's passport: {e}")),
+        Err(e) => Err(format!("the destination's passport: {e}")),
+    };
+    if let Err(why) = checked {
         warn!(workload = %name, to = %req.to, "migration refused: {why}");
-        Ok(report(Outcome::Refused, Some(why), None, 0, Vec::new()))
-    };
-    let theirs = match theirs {
-        Ok(t) => t,
-        Err(e) => return refused(format!("the destination's passport: {e}")),
-    };
-    if theirs.broker_key != mine.broker_key {
-        return refused("the destination attests to another broker".into());
-    }
-    if let Err(e) = passport::check(&broker_key, &theirs.token, now(), &to_key) {
-        return refused(format!("the destination's passport: {e}"));
+        return Ok(src.report(Outcome::Refused, Some(why)));
     }
 
     // (2) Quiesce, snapshot, release. From here the workload is this migration's: it
@@ -189,27 +238,11 @@ pub async fn migrate(
     halt(&entry).await;
     let dir = w.workload_state(name).unwrap_or_default();
     let files = w.files_dir(name);
-    let bundle = match std::fs::read(w.ctx.run_dir.join(name).join(BUNDLE_FILE)) {
-        Ok(b) => b,
-        Err(e) => {
-            let why = format!("the workload's bundle: {e}");
-            return Ok(resume(
-                w,
-                name,
-                report(Outcome::Aborted, Some(why), None, 0, vec![]),
-            )
-            .await);
-        }
-    };
-    let broker = w
-        .ctx
-        .broker
-        .clone()
-        .ok_or_else(|| MigrateError::Unavailable("this appliance has no key broker".into()))?;
     let measurements = w.ctx.measurements.clone();
     let me = w.ctx.holder.clone();
-    let (workload, mid, to) = (name.to_owned(), migration.clone(), to_hex.clone());
+    let (workload, mid, to) = (name.to_owned(), src.migration.clone(), src.to.clone());
     let (o, d) = (opened.clone(), dir.clone());
+    let bundle_len = src.bundle.len();
     let released = blocking(move || {
         let _still = measurements.hold_still();
         let mut session = broker.session(&measurements.current()?)?;
@@ -224,222 +257,378 @@ pub async fn migrate(
         let sealed =
             snapshot::seal(&workload, version, &mid, &entries, &key).map_err(|e| e.to_string())?;
         drop(key);
+        // Refused here, before the release, rather than by the destination after it.
+        let offer_len = (bundle_len + sealed.len()).div_ceil(3) * 4 + OFFER_OVERHEAD;
+        if offer_len > MAX_OFFER {
+            return Err(format!(
+                "the offer would be {offer_len} bytes, over the {MAX_OFFER} a destination accepts"
+            ));
+        }
         let released = sealed_state::release(&mut session, &o, &d, &mid, &to, &me)
             .map_err(|e| e.to_string())?;
         Ok((released, sealed))
     })
     .await;
-    let (released, sealed) = match released {
-        Ok(r) => r,
-        Err(why) => {
-            // Nothing was released (or the release is taken back below at deploy).
-            return Ok(resume(
-                w,
-                name,
-                report(Outcome::Aborted, Some(why), None, 0, vec![]),
-            )
-            .await);
+    let sealed = match released {
+        Ok((v, sealed)) => {
+            src.released = Some(v);
+            sealed
         }
+        // Nothing left this appliance, so the destination cannot commit: serve again.
+        // A release that did reach the broker is taken back by the deploy (the disk
+        // recorded it first).
+        Err(why) => return Ok(src.resume(Outcome::Aborted, why).await),
     };
-    let snapshot_sha256 = hex::encode(Sha256::digest(&sealed));
-    let manifest_sha256 = entry
-        .status()
-        .map(|s| s.manifest_sha256)
-        .unwrap_or_default();
-    let sign = |kind, reason: Option<String>, token: &str| {
-        let statement = Statement {
-            kind,
-            migration: migration.clone(),
-            workload: name.to_owned(),
-            manifest_sha256: manifest_sha256.clone(),
-            from: w.ctx.tls_key_sha256.clone(),
-            to: to_hex.clone(),
-            version: released,
-            snapshot_sha256: Some(snapshot_sha256.clone()),
-            reason,
-            time: now(),
-        };
-        certificate::sign(&statement, &w.ctx.tls_key_pkcs8, token)
-    };
+    src.snapshot_sha256 = Some(hex::encode(Sha256::digest(&sealed)));
+    src.snapshot_bytes = sealed.len() as u64;
     // Each signature carries a passport fetched just before it (one that has at least
     // two minutes left), so it is valid at the statement's time.
-    let release = match fresh_token(w)
-        .await
-        .and_then(|t| sign(Kind::Release, None, &t).map_err(|e| e.to_string()))
-    {
+    let release = match src.sign(Kind::Release, None).await {
         Ok(c) => c,
+        // Not sent either: nothing can commit at the destination.
         Err(e) => {
-            let why = format!("sign the release: {e}");
-            return Ok(
-                take_back_and_resume(w, name, &opened, released, why, report)
-                    .await
-                    .0,
-            );
+            return Ok(src
+                .resume(Outcome::Aborted, format!("sign the release: {e}"))
+                .await);
         }
     };
-    let snapshot_bytes = sealed.len() as u64;
-    info!(workload = %name, %migration, released, snapshot_bytes, "released; offering to the destination");
+    src.certificates.push(release.clone());
+    info!(workload = %name, migration = %src.migration, released = ?src.released, snapshot_bytes = src.snapshot_bytes, "released; offering to the destination");
 
     // (3) The offer; D answers with its acceptance once it committed and serves.
     let offer = Offer {
-        bundle: STANDARD.encode(&bundle),
+        bundle: STANDARD.encode(src.bundle.as_slice()),
         snapshot: STANDARD.encode(&sealed),
-        release: release.clone(),
+        release,
     };
-    drop((bundle, sealed));
+    drop(sealed);
     let long = peer.with_timeout(OFFER_TIMEOUT);
     let answer = blocking(move || {
         cvm_agent_client::post_json::<_, Certificate>(&long, "/v1/migrations", &offer)
             .map_err(|e| crate::error_chain(&e))
     })
     .await;
-    let accepted = match answer {
-        Ok(acc) => match certificate::check(&acc, &broker_key) {
-            Ok(c)
-                if c.statement.kind == Kind::Acceptance
-                    && c.statement.migration == migration
-                    && c.passport.key_sha256 == to_key =>
-            {
-                Ok(acc)
-            }
-            Ok(_) => Err("the destination's acceptance is for another migration".to_owned()),
-            Err(e) => Err(format!("the destination's acceptance: {e}")),
-        },
-        Err(e) => Err(e),
-    };
-    match accepted {
-        Ok(acceptance) => {
-            finish_source(w, name, &migration, &to_hex).await;
-            Ok(report(
-                Outcome::Migrated,
-                None,
-                Some(released),
-                snapshot_bytes,
-                vec![release, acceptance],
-            ))
+    let accepted = answer.and_then(|acc| match certificate::check(&acc, &broker_key) {
+        Ok(c)
+            if c.statement.kind == Kind::Acceptance
+                && c.statement.migration == src.migration
+                && c.passport.key_sha256 == to_key =>
+        {
+            Ok(acc)
         }
-        Err(why) => {
-            // (4) No acceptance: the broker decides, by compare-and-set.
-            let (mut r, taken_back) =
-                take_back_and_resume(w, name, &opened, released, why, report).await;
-            r.certificates.insert(0, release);
-            if r.outcome == Outcome::Migrated {
-                finish_source(w, name, &migration, &to_hex).await;
-            } else if taken_back {
+        Ok(_) => Err("the destination's acceptance is for another migration".to_owned()),
+        Err(e) => Err(format!("the destination's acceptance: {e}")),
+    });
+    Ok(match accepted {
+        Ok(acceptance) => {
+            src.certificates.push(acceptance);
+            src.finish(None).await
+        }
+        // (4) No acceptance: the broker decides, by compare-and-set.
+        Err(why) => src.take_back_and_resume(why).await,
+    })
+}
+
+/// A migration from this appliance, from the moment its workload stopped.
+#[derive(Clone)]
+struct Source {
+    w: Arc<Workloads>,
+    name: String,
+    owner: Vec<u8>,
+    migration: String,
+    /// The destination's key, hex.
+    to: String,
+    started: Instant,
+    opened: sealed_state::Opened,
+    bundle: Arc<Vec<u8>>,
+    manifest_sha256: String,
+    /// The version released at the broker, once the offer may have left.
+    released: Option<u64>,
+    /// The broker gave the release back and the abort is signed.
+    taken_back: bool,
+    snapshot_sha256: Option<String>,
+    snapshot_bytes: u64,
+    certificates: Vec<Certificate>,
+}
+
+impl Source {
+    /// The report of the outcome, kept for `GET /v1/migrations/ID`.
+    fn report(&self, outcome: Outcome, reason: Option<String>) -> MigrateReport {
+        let report = MigrateReport {
+            migration: self.migration.clone(),
+            outcome,
+            reason,
+            version: self.released,
+            snapshot_bytes: self.snapshot_bytes,
+            millis: self.started.elapsed().as_millis() as u64,
+            certificates: self.certificates.clone(),
+        };
+        self.w.reports.put(&self.owner, &report);
+        report
+    }
+
+    /// A certificate of this migration, signed with a fresh passport.
+    async fn sign(&self, kind: Kind, reason: Option<String>) -> Result<Certificate, String> {
+        let token = fresh_token(&self.w).await?;
+        let statement = Statement {
+            kind,
+            migration: self.migration.clone(),
+            workload: self.name.clone(),
+            manifest_sha256: self.manifest_sha256.clone(),
+            from: self.w.ctx.tls_key_sha256.clone(),
+            to: self.to.clone(),
+            version: self.released.unwrap_or(self.opened.version),
+            snapshot_sha256: self.snapshot_sha256.clone(),
+            reason,
+            time: now(),
+        };
+        certificate::sign(&statement, &self.w.ctx.tls_key_pkcs8, &token).map_err(|e| e.to_string())
+    }
+
+    /// After a commit by D: the source's copy goes, and the workload leaves here.
+    async fn finish(&self, reason: Option<String>) -> MigrateReport {
+        self.w.discard(&self.name, true);
+        record_outcome(
+            &self.w.ctx.measurements,
+            &self.name,
+            &format!(
+                "migrated: to agent key {} (migration {})",
+                self.to, self.migration
+            ),
+        )
+        .await;
+        info!(workload = %self.name, migration = %self.migration, "migrated; local copy deleted");
+        self.report(Outcome::Migrated, reason)
+    }
+
+    /// No acceptance: take the release back by compare-and-set unless D committed
+    /// first (exactly one of the two wins), and serve again.
+    async fn take_back_and_resume(mut self, why: String) -> MigrateReport {
+        let Some(released) = self.released else {
+            return self.resume(Outcome::Aborted, why).await;
+        };
+        let broker = self.w.ctx.broker.clone();
+        let measurements = self.w.ctx.measurements.clone();
+        let me = self.w.ctx.holder.clone();
+        let o = self.opened.clone();
+        let dir = self.w.workload_state(&self.name).unwrap_or_default();
+        let taken = blocking(move || {
+            let broker = broker.ok_or("this appliance has no key broker")?;
+            let _still = measurements.hold_still();
+            let mut session = broker.session(&measurements.current()?)?;
+            Ok(sealed_state::take_back(
+                &mut session,
+                &o,
+                &dir,
+                released,
+                &me,
+            ))
+        })
+        .await;
+        let ours = sealed_state::releasing_holder(&self.migration, &self.to, &self.name);
+        match taken {
+            Ok(Ok(_)) => {
                 // Signed only when the broker gave the workload back to this appliance.
-                match fresh_token(w).await.and_then(|t| {
-                    sign(Kind::Abort, r.reason.clone(), &t).map_err(|e| e.to_string())
-                }) {
-                    Ok(abort) => r.certificates.push(abort),
-                    Err(e) => warn!(workload = %name, error = %e, "abort certificate not signed"),
+                match self.sign(Kind::Abort, Some(why.clone())).await {
+                    Ok(abort) => {
+                        self.certificates.push(abort);
+                        self.taken_back = true;
+                    }
+                    Err(e) => {
+                        warn!(workload = %self.name, error = %e, "abort certificate not signed")
+                    }
+                }
+                self.resume(Outcome::Aborted, why).await
+            }
+            Ok(Err(sealed_state::StateError::Lease { holder, value, .. }))
+                if self.committed_by_destination(&holder, value) =>
+            {
+                let reason = format!(
+                    "the destination committed (the broker records {holder}) but its acceptance was not received: {why}"
+                );
+                self.finish(Some(reason)).await
+            }
+            // The broker did not answer, or answered the compare-and-set with an error
+            // but still shows this release: D may yet commit, so nothing serves here
+            // until the broker settles it, which `settle` keeps asking for.
+            Ok(Err(sealed_state::StateError::Lease { holder, value, .. }))
+                if holder == ours && value == released =>
+            {
+                self.w.discard(&self.name, false);
+                self.pending(format!(
+                    "{why}; the broker refused to give the release back but still records it: the workload serves nowhere until it settles, then here again unless the destination committed"
+                ))
+            }
+            Ok(Err(e @ sealed_state::StateError::Broker(_))) => {
+                self.w.discard(&self.name, false);
+                self.pending(format!(
+                    "{why}; the broker did not answer ({e}): the workload serves nowhere until it does, then here again unless the destination committed"
+                ))
+            }
+            Err(e) => {
+                self.w.discard(&self.name, false);
+                self.pending(format!(
+                    "{why}; the broker did not answer ({e}): the workload serves nowhere until it does, then here again unless the destination committed"
+                ))
+            }
+            Ok(Err(e)) => {
+                self.w.discard(&self.name, false);
+                self.report(
+                    Outcome::Aborted,
+                    Some(format!(
+                        "{why}; the broker's lease is not this migration's to settle ({e}): the workload serves nowhere until the owner decides"
+                    )),
+                )
+            }
+        }
+    }
+
+    /// The destination's commit: past the release, held by another appliance. Only
+    /// the destination's commit moves this release to another appliance's holder (it
+    /// may have moved on since); anything else is not a commit this migration can rely
+    /// on.
+    fn committed_by_destination(&self, holder: &str, value: u64) -> bool {
+        let mine = sealed_state::holder_for(&self.w.ctx.holder, &self.name);
+        self.released.is_some_and(|r| value > r) && holder.starts_with("volume:") && holder != mine
+    }
+
+    /// Serve again from the bundle (the state stays; the deploy reopens it, taking
+    /// back a release this disk recorded). When the broker does not answer, the
+    /// migration is pending and `settle` keeps trying.
+    async fn resume(self, outcome: Outcome, why: String) -> MigrateReport {
+        self.w.discard(&self.name, false);
+        match deploy_with(&self.w, &self.bundle, None).await {
+            Ok(_) => self.report(outcome, Some(why)),
+            Err(e) if broker_unanswered(&e) => {
+                let reason = format!(
+                    "{why}; serving again needs the broker, which did not answer ({e}): the workload serves nowhere until it does"
+                );
+                self.pending(reason)
+            }
+            Err(e) => self.report(
+                outcome,
+                Some(format!(
+                    "{why}; serving again failed: {e} (redeploy the workload)"
+                )),
+            ),
+        }
+    }
+
+    /// Report a pending migration (its entry already gone from the table) and settle
+    /// it in the background.
+    fn pending(self, reason: String) -> MigrateReport {
+        warn!(workload = %self.name, migration = %self.migration, "{reason}");
+        let report = self.report(Outcome::Pending, Some(reason.clone()));
+        tokio::spawn(self.settle(reason));
+        report
+    }
+
+    /// Ask the broker until it answers, by deploying the bundle again: the deploy
+    /// takes back a release this disk recorded (or finds the destination's commit),
+    /// then serves. "None while an abort is pending, then the source again."
+    async fn settle(mut self, why: String) {
+        let dir = self.w.workload_state(&self.name).unwrap_or_default();
+        // What this migration left on the disk: a deploy or removal by the owner
+        // meanwhile changes it, and then that settled it, not this task.
+        let mut left = sealed_state::read_record(&dir).ok().flatten();
+        let mut delay = Duration::from_secs(2);
+        let mut refused = 0u32;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(SETTLE_MAX_DELAY);
+            if sealed_state::read_record(&dir).ok().flatten() != left {
+                info!(workload = %self.name, migration = %self.migration, "pending migration settled by the owner");
+                self.report(
+                    Outcome::Aborted,
+                    Some(format!(
+                        "{why}; the owner deployed or removed the workload here meanwhile"
+                    )),
+                );
+                return;
+            }
+            // Each deploy measures the manifest: probe first, so a broker that is
+            // down for hours does not grow the runtime log by the minute.
+            let broker = self.w.ctx.broker.clone();
+            let up =
+                blocking(move || Ok(broker.is_some_and(|b| b.reachable(Duration::from_secs(5)))))
+                    .await
+                    .unwrap_or(false);
+            if !up {
+                continue;
+            }
+            match deploy_with(&self.w, &self.bundle, None).await {
+                Ok(_) => {
+                    if self.released.is_some() && !self.taken_back {
+                        match self.sign(Kind::Abort, Some(why.clone())).await {
+                            Ok(abort) => self.certificates.push(abort),
+                            Err(e) => {
+                                warn!(workload = %self.name, error = %e, "abort certificate not signed")
+                            }
+                        }
+                    }
+                    info!(workload = %self.name, migration = %self.migration, "pending migration settled: serving here again");
+                    self.report(Outcome::Aborted, Some(why));
+                    return;
+                }
+                // Reachable but refusing (a broker starting, or a policy that changed):
+                // a few tries, not forever, since each is measured.
+                Err(e) if broker_unanswered(&e) && refused < SETTLE_MAX_REFUSALS => {
+                    refused += 1;
+                    warn!(workload = %self.name, migration = %self.migration, error = %e, "pending migration: the broker did not settle it yet");
+                }
+                Err(DeployError::State(sealed_state::StateError::MigratedAway {
+                    holder,
+                    broker,
+                })) if self.committed_by_destination(&holder, broker) => {
+                    let reason = format!(
+                        "the destination committed (the broker records {holder}) but its acceptance was not received: {why}"
+                    );
+                    self.finish(Some(reason)).await;
+                    return;
+                }
+                Err(DeployError::Exists(_)) => {
+                    info!(workload = %self.name, migration = %self.migration, "pending migration settled by the owner's deploy");
+                    self.report(
+                        Outcome::Aborted,
+                        Some(format!(
+                            "{why}; the owner deployed the workload here again meanwhile"
+                        )),
+                    );
+                    return;
+                }
+                // Something the broker settled otherwise: the owner decides from here.
+                Err(e) => {
+                    warn!(workload = %self.name, migration = %self.migration, error = %e, "pending migration not settled here");
+                    self.report(
+                        Outcome::Aborted,
+                        Some(format!(
+                            "{why}; serving again failed: {e} (redeploy the workload)"
+                        )),
+                    );
+                    return;
                 }
             }
-            r.snapshot_bytes = snapshot_bytes;
-            r.version = Some(released);
-            Ok(r)
+            // The failed try may have moved the disk's record (a deploy writes it
+            // before the broker); that is this task's own doing.
+            left = sealed_state::read_record(&dir).ok().flatten();
         }
     }
 }
 
-/// After a commit by D: the source's copy goes, and the workload leaves this appliance.
-async fn finish_source(w: &Arc<Workloads>, name: &str, migration: &str, to: &str) {
-    w.discard(name, true);
-    record_outcome(
-        &w.ctx.measurements,
-        name,
-        &format!("migrated: to agent key {to} (migration {migration})"),
+/// Tries a pending migration makes against a broker that accepts connections but
+/// does not settle it.
+const SETTLE_MAX_REFUSALS: u32 = 5;
+
+/// Whether a deploy failed only because the broker did not answer (worth asking again).
+fn broker_unanswered(e: &DeployError) -> bool {
+    matches!(
+        e,
+        DeployError::Key { .. } | DeployError::State(sealed_state::StateError::Broker(_))
     )
-    .await;
-    info!(workload = %name, %migration, "migrated; local copy deleted");
 }
 
-/// Take the release back (unless D committed first) and serve again; whether it was
-/// taken back.
-async fn take_back_and_resume(
-    w: &Arc<Workloads>,
-    name: &str,
-    opened: &sealed_state::Opened,
-    released: u64,
-    why: String,
-    report: impl Fn(Outcome, Option<String>, Option<u64>, u64, Vec<Certificate>) -> MigrateReport,
-) -> (MigrateReport, bool) {
-    let unknown = |w: &Arc<Workloads>, reason: String| {
-        // Neither taken back nor known to be committed: nothing serves until the
-        // broker settles it. The entry goes (its state stays), so the owner can
-        // redeploy here, which takes the release back if it is still this one's.
-        w.discard(name, false);
-        report(Outcome::Aborted, Some(reason), Some(released), 0, vec![])
-    };
-    let Some(broker) = w.ctx.broker.clone() else {
-        return (unknown(w, why), false);
-    };
-    let measurements = w.ctx.measurements.clone();
-    let me = w.ctx.holder.clone();
-    let committed = sealed_state::holder_for(&me, name);
-    let o = opened.clone();
-    let dir = w.workload_state(name).unwrap_or_default();
-    let taken = blocking(move || {
-        let _still = measurements.hold_still();
-        let mut session = broker.session(&measurements.current()?)?;
-        Ok(sealed_state::take_back(
-            &mut session,
-            &o,
-            &dir,
-            released,
-            &me,
-        ))
-    })
-    .await;
-    match taken {
-        Ok(Ok(_)) => (
-            resume(
-                w,
-                name,
-                report(Outcome::Aborted, Some(why), Some(released), 0, vec![]),
-            )
-            .await,
-            true,
-        ),
-        // The destination's commit: the counter one past the release, held by another
-        // appliance. Anything else is not a commit this migration can rely on.
-        Ok(Err(sealed_state::StateError::Lease { holder, value, .. }))
-            if Some(value) == released.checked_add(1)
-                && holder.starts_with("volume:")
-                && holder != committed =>
-        {
-            (
-                report(
-                    Outcome::Migrated,
-                    Some(format!(
-                        "the destination committed (the broker records {holder}) but its acceptance was not received: {why}"
-                    )),
-                    Some(released),
-                    0,
-                    vec![],
-                ),
-                false,
-            )
-        }
-        Ok(Err(e)) => (
-            unknown(
-                w,
-                format!(
-                    "{why}; the broker's lease is not this migration's to settle ({e}): the workload serves nowhere until the owner decides"
-                ),
-            ),
-            false,
-        ),
-        Err(e) => (
-            unknown(
-                w,
-                format!(
-                    "{why}; the release could not be taken back ({e}): the workload serves nowhere until the broker answers (redeploy here to take it back)"
-                ),
-            ),
-            false,
-        ),
-    }
-}
+/// Bytes of an offer besides its base64 payloads (the release certificate, JSON).
+const OFFER_OVERHEAD: usize = 64 << 10;
 
 /// A passport with at least two minutes left, to sign with now.
 async fn fresh_token(w: &Arc<Workloads>) -> Result<String, String> {
@@ -464,23 +653,6 @@ impl Drop for Claim {
     }
 }
 
-/// Serve again from the kept bundle (the state stays; the deploy reopens it).
-async fn resume(w: &Arc<Workloads>, name: &str, mut report: MigrateReport) -> MigrateReport {
-    let bundle = std::fs::read(w.ctx.run_dir.join(name).join(BUNDLE_FILE));
-    w.discard(name, false);
-    let restarted = match bundle {
-        Ok(b) => deploy_with(w, &b, None).await.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("read the bundle: {e}")),
-    };
-    if let Err(e) = restarted {
-        let reason = report.reason.take().unwrap_or_default();
-        report.reason = Some(format!(
-            "{reason}; serving again failed: {e} (redeploy the workload)"
-        ));
-    }
-    report
-}
-
 /// Destination: check and install an offer; answer with the acceptance certificate.
 pub async fn receive(w: &Arc<Workloads>, offer: Offer) -> Result<Certificate, MigrateError> {
     let passports = w.ctx.passports.clone();
@@ -492,9 +664,24 @@ pub async fn receive(w: &Arc<Workloads>, offer: Offer) -> Result<Certificate, Mi
     let refuse = |m: String| MigrateError::Refused(m);
     let release = certificate::check(&offer.release, &broker_key)
         .map_err(|e| refuse(format!("the release certificate: {e}")))?;
+    let signer = hex::encode(release.passport.key_sha256);
     let st = release.statement;
     if st.kind != Kind::Release {
         return Err(refuse("the certificate is not a release".into()));
+    }
+    // The id names a staging folder: the form this agent's ids have, nothing else.
+    if st.migration.len() != 32 || !st.migration.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refuse(format!(
+            "the release's migration id {:?} is not 32 hex digits",
+            st.migration
+        )));
+    }
+    // The release speaks for the appliance that signed it, and only for that one.
+    if st.from != signer {
+        return Err(refuse(format!(
+            "the release names agent key {} as the source but agent key {signer} signed it",
+            st.from
+        )));
     }
     if st.to != w.ctx.tls_key_sha256 {
         return Err(refuse(format!(

@@ -459,6 +459,8 @@ pub struct Workloads {
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Kernel enforcement events of processes outside any workload, by (hook, verdict).
     baseline_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The last migrations from here, for their owners.
+    pub reports: migrate::Reports,
 }
 
 impl Workloads {
@@ -471,6 +473,7 @@ impl Workloads {
             ctx,
             entries: Mutex::new(BTreeMap::new()),
             baseline_events: Mutex::new(BTreeMap::new()),
+            reports: migrate::Reports::default(),
         }
     }
 

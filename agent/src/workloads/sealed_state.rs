@@ -397,6 +397,20 @@ pub fn open(
     let key = state_key(session, resource)?;
     let counter = session.counter(resource).map_err(StateError::Broker)?;
     let mut record = read_record(place.dir)?;
+    // The key first: what happens to a folder on the disk depends on whether it is
+    // this workload's (encrypted with this key) or another's of the same name.
+    let master = master_key(place.name, &key);
+    drop(key);
+    let key_id = fscrypt::add_key(place.mount, &master)?;
+    drop(master);
+    let mine = hex::encode(key_id);
+    let other_key = |r: &Record| StateError::Key {
+        resource: resource.to_owned(),
+        reason: format!(
+            "the state was encrypted with key {} and the broker released key {mine}",
+            r.key
+        ),
+    };
     // A take-back of a release (see `take_back`) that reached the broker but not the
     // disk: the broker shows this appliance one past the released version.
     let disk = record.as_ref().map(|r| {
@@ -406,33 +420,49 @@ pub fn open(
         let version = if taken_back { counter.value } else { r.version };
         (version, r.released.as_deref())
     });
-    let version = match decide(disk, &counter, place.name, resource, place.holder)? {
-        Decision::Continue(v) => v,
-        Decision::Fresh(v) if record.is_some() => {
-            // The owner removed this state: the copy a crash left goes.
-            wipe(place.dir)?;
-            std::fs::create_dir_all(place.dir).map_err(io("create", place.dir))?;
-            record = None;
-            v
+    let decided = decide(disk, &counter, place.name, resource, place.holder);
+    // Taking back this disk's own release: the broker moves first (as in `take_back`),
+    // so a compare-and-set that fails leaves the disk's record of the release intact
+    // for the next try.
+    let taking_back = decided.is_ok() && releasing_migration(&counter.holder).is_some();
+    let decided = match (decided, &record) {
+        (Err(e @ StateError::MigratedAway { broker, .. }), Some(r))
+            if r.released.is_some() && broker > r.version && r.key == mine =>
+        {
+            // This disk released the state and another appliance committed it since:
+            // the copy left here (a crash before the source heard of the commit) goes.
+            if let Err(w) = wipe(place.dir) {
+                tracing::warn!(folder = %place.dir.display(), error = %w, "delete a copy that moved away");
+            }
+            Err(e)
         }
-        Decision::Fresh(v) => v,
+        (Ok(Decision::Fresh(_)), Some(r)) if r.key != mine => Err(other_key(r)),
+        (d, _) => d,
     };
-    let master = master_key(place.name, &key);
-    drop(key);
-    let key_id = fscrypt::add_key(place.mount, &master)?;
-    drop(master);
+    let version = match decided {
+        Ok(Decision::Continue(v)) => Ok(v),
+        Ok(Decision::Fresh(v)) if record.is_some() => {
+            // The owner removed this state: the copy a crash left goes.
+            record = None;
+            wipe(place.dir)
+                .and_then(|()| std::fs::create_dir_all(place.dir).map_err(io("create", place.dir)))
+                .map(|()| v)
+        }
+        Ok(Decision::Fresh(v)) => Ok(v),
+        Err(e) => Err(e),
+    };
+    let version = match version {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fscrypt::remove_key(place.mount, &key_id);
+            return Err(e);
+        }
+    };
     let unlocked = (|| {
         if let Some(r) = &record
-            && r.key != hex::encode(key_id)
+            && r.key != mine
         {
-            return Err(StateError::Key {
-                resource: resource.to_owned(),
-                reason: format!(
-                    "the state was encrypted with key {} and the broker released key {}",
-                    r.key,
-                    hex::encode(key_id)
-                ),
-            });
+            return Err(other_key(r));
         }
         if record.is_none() {
             adopt_unencrypted(place.files)?;
@@ -442,24 +472,26 @@ pub fn open(
         if record.is_none() {
             copy_in(place)?;
         }
-        write_record(
-            place.dir,
-            &Record {
-                version,
-                key: hex::encode(key_id),
-                released: None,
-            },
-        )?;
-        session
-            .advance(
-                resource,
-                &CounterUpdate {
-                    expect: counter.value,
-                    value: version,
-                    holder: holder_for(place.holder, place.name),
-                },
-            )
-            .map_err(StateError::Broker)
+        let update = CounterUpdate {
+            expect: counter.value,
+            value: version,
+            holder: holder_for(place.holder, place.name),
+        };
+        let new_record = Record {
+            version,
+            key: mine.clone(),
+            released: None,
+        };
+        if taking_back {
+            advance_confirmed(session, resource, &update)?;
+            write_record(place.dir, &new_record)
+        } else {
+            write_record(place.dir, &new_record)?;
+            session
+                .advance(resource, &update)
+                .map(drop)
+                .map_err(StateError::Broker)
+        }
     })();
     match unlocked {
         Ok(_) => Ok(Opened {
@@ -620,10 +652,11 @@ pub fn take_back(
 
 /// Destination: install the incoming snapshot `parsed` of migration `migration`,
 /// released at version `released` to this appliance's key `me_key` (blocking). The
-/// files are written and synced under the workload's fscrypt key, the record at the
-/// next version, then the broker's counter moves from the release to this appliance:
-/// that compare-and-set is the commit. Refused (and nothing kept) if the broker does
-/// not show that release.
+/// files and the record at the next version are written and synced in a staging
+/// folder under the workload's fscrypt key and renamed into place; then the broker's
+/// counter moves from the release to this appliance: that compare-and-set is the
+/// commit. Refused (and nothing kept) if the broker does not show that release, or
+/// if state of another workload of the same name is here.
 #[allow(clippy::too_many_arguments)]
 pub fn accept(
     session: &mut BrokerSession,
@@ -651,25 +684,67 @@ pub fn accept(
     drop(key);
     let key_id = fscrypt::add_key(place.mount, &master)?;
     drop(master);
-    let version = released
-        .checked_add(1)
-        .ok_or(StateError::Exhausted(released))?;
+    // State of this name already here must be this workload's (an older copy, say
+    // from a migration away): another workload's of the same name is not replaced.
+    let existing = match read_record(place.dir) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fscrypt::remove_key(place.mount, &key_id);
+            return Err(e);
+        }
+    };
+    if let Some(r) = existing
+        && r.key != hex::encode(key_id)
+    {
+        let _ = fscrypt::remove_key(place.mount, &key_id);
+        return Err(StateError::Key {
+            resource: resource.to_owned(),
+            reason: format!(
+                "this appliance holds state of a workload of the same name encrypted with key {}, not this workload's {}: remove that workload first",
+                r.key,
+                hex::encode(key_id)
+            ),
+        });
+    }
+    let Some(version) = released.checked_add(1) else {
+        let _ = fscrypt::remove_key(place.mount, &key_id);
+        return Err(StateError::Exhausted(released));
+    };
+    // Installed beside the old folder, under a name a restart wipes, and renamed into
+    // place only once complete and durable: a crash midway leaves the old state or
+    // the new, never a mix.
+    let (Some(parent), Some(dir_name)) = (place.dir.parent(), place.dir.file_name()) else {
+        let _ = fscrypt::remove_key(place.mount, &key_id);
+        return Err(StateError::Snapshot(
+            "the state folder has no parent".into(),
+        ));
+    };
+    let staged = parent.join(format!(
+        "{WIPE_PREFIX}incoming-{}-{migration}",
+        dir_name.to_string_lossy()
+    ));
+    let staged_files = staged.join(place.files.file_name().unwrap_or_default());
     let installed = (|| {
-        wipe(place.dir)?;
-        std::fs::create_dir_all(place.files).map_err(io("create", place.files))?;
-        fscrypt::ensure_policy(place.files, &key_id)?;
-        cvm_runtime::snapshot::write_into(&entries, place.files)
+        wipe(&staged)?;
+        std::fs::create_dir_all(&staged_files).map_err(io("create", &staged_files))?;
+        fscrypt::ensure_policy(&staged_files, &key_id)?;
+        cvm_runtime::snapshot::write_into(&entries, &staged_files)
             .map_err(|e| StateError::Snapshot(e.to_string()))?;
-        // Every file durable before the record that names this version.
-        crate::sys::syncfs(place.files).map_err(io("sync", place.files))?;
         write_record(
-            place.dir,
+            &staged,
             &Record {
                 version,
                 key: hex::encode(key_id),
                 released: None,
             },
         )?;
+        // Every file durable before the rename that makes the record count.
+        crate::sys::syncfs(&staged_files).map_err(io("sync", &staged_files))?;
+        wipe(place.dir)?;
+        std::fs::rename(&staged, place.dir).map_err(io("rename into place", &staged))?;
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", parent))?;
         advance_confirmed(
             session,
             resource,
@@ -696,7 +771,14 @@ pub fn accept(
             Err(e)
         }
         Err(e) => {
-            let _ = wipe(place.dir);
+            let _ = wipe(&staged);
+            if read_record(place.dir)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.version == version && r.key == hex::encode(key_id))
+            {
+                let _ = wipe(place.dir);
+            }
             let _ = fscrypt::remove_key(place.mount, &key_id);
             Err(e)
         }

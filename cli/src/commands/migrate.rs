@@ -26,13 +26,13 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(900);
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
     /// The workload.
-    #[arg(required_unless_present = "check")]
+    #[arg(required_unless_present_any = ["check", "status"])]
     pub name: Option<String>,
     /// The source appliance's agent, HOST:PORT.
     #[arg(long, required_unless_present = "check")]
     pub from: Option<String>,
     /// The destination's agent, HOST:PORT, as this machine reaches it.
-    #[arg(long, required_unless_present = "check")]
+    #[arg(long, required_unless_present_any = ["check", "status"])]
     pub to: Option<String>,
     /// How the source reaches the destination's agent [default: --to, with a loopback
     /// host replaced by 10.0.2.2, the host as QEMU's user network shows it].
@@ -53,6 +53,13 @@ pub struct MigrateArgs {
     /// With --verify: the broker's CA [default: $CVM_CACHE/broker/tls/ca.pem].
     #[arg(long)]
     pub broker_ca: Option<PathBuf>,
+    /// Look up migration ID on the source (--from) instead of starting one: a pending
+    /// migration's outcome once the source has settled it.
+    #[arg(long, value_name = "ID", requires = "from")]
+    pub status: Option<String>,
+    /// How long to wait for a pending migration to settle, seconds (0: do not wait).
+    #[arg(long, default_value_t = 900)]
+    pub wait: u64,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -70,10 +77,29 @@ fn default_via(to: &str) -> String {
     }
 }
 
+/// How often a pending migration is asked about.
+const POLL: Duration = Duration::from_secs(5);
+
 /// Run `cvm migrate`.
 pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if !args.check.is_empty() {
         return verify(&args);
+    }
+    let owner = || -> anyhow::Result<OwnerKey> {
+        let pem = std::fs::read_to_string(&args.owner_key)
+            .with_context(|| format!("read owner key {} (cvm keygen)", args.owner_key.display()))?;
+        OwnerKey::from_pem(&pem).with_context(|| format!("owner key {}", args.owner_key.display()))
+    };
+    if let (Some(id), Some(from)) = (&args.status, &args.from) {
+        let source = attested::connect(from, &args.reference, args.json)
+            .with_context(|| format!("the source {from}"))?;
+        let report = wait_settled(&source, from, &owner()?, id, args.wait)?;
+        return conclude(
+            &args,
+            args.name.as_deref().unwrap_or("workload"),
+            from,
+            report,
+        );
     }
     let (Some(name), Some(from), Some(to)) = (&args.name, &args.from, &args.to) else {
         anyhow::bail!("give NAME --from HOST:PORT --to HOST:PORT, or --verify CERT");
@@ -90,16 +116,64 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         to_key_sha256: hex::encode(to_key),
     };
     let body = serde_json::to_vec(&request)?;
-    let pem = std::fs::read_to_string(&args.owner_key)
-        .with_context(|| format!("read owner key {} (cvm keygen)", args.owner_key.display()))?;
-    let owner = OwnerKey::from_pem(&pem)
-        .with_context(|| format!("owner key {}", args.owner_key.display()))?;
+    let owner = owner()?;
     let path = format!("/v1/workloads/{name}/migrate");
     let headers = sign_request(&owner, &source, "POST", &path, &body)?;
     let source = source.with_timeout(MIGRATE_TIMEOUT);
     let answer =
         agent_client::request(&source, "POST", &path, &body, "application/json", &headers)?;
-    let report: MigrateReport = agent_client::decode(from, "POST", &path, &answer)?;
+    let mut report: MigrateReport = agent_client::decode(from, "POST", &path, &answer)?;
+    if report.outcome == Outcome::Pending && args.wait > 0 {
+        eprintln!(
+            "migration {} of {name} is pending: {}; waiting up to {} s for the source to settle it",
+            report.migration,
+            report
+                .reason
+                .as_deref()
+                .unwrap_or("the broker did not answer"),
+            args.wait
+        );
+        report = wait_settled(&source, from, &owner, &report.migration, args.wait)?;
+    }
+    conclude(&args, name, from, report)
+}
+
+/// Ask the source about migration `id` until it is no longer pending (or `wait`
+/// seconds passed: the last report, still pending).
+fn wait_settled(
+    source: &cvm_agent_client::Agent,
+    from: &str,
+    owner: &OwnerKey,
+    id: &str,
+    wait: u64,
+) -> anyhow::Result<MigrateReport> {
+    let path = format!("/v1/migrations/{id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let headers = sign_request(owner, source, "GET", &path, b"")?;
+        let answer = agent_client::request(source, "GET", &path, b"", "application/json", &headers);
+        // The source may itself be restarting: keep asking until the deadline.
+        match answer.and_then(|a| agent_client::decode::<MigrateReport>(from, "GET", &path, &a)) {
+            Ok(r) if r.outcome != Outcome::Pending => return Ok(r),
+            // Unknown there (another owner's, or the source restarted): asking again
+            // will not change that.
+            Err(e @ agent_client::AgentClientError::Status { status: 404, .. }) => {
+                return Err(e.into());
+            }
+            Ok(r) if std::time::Instant::now() >= deadline => return Ok(r),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e.into()),
+            _ => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Keep the certificates, print the report, and exit by its outcome.
+fn conclude(
+    args: &MigrateArgs,
+    name: &str,
+    from: &str,
+    report: MigrateReport,
+) -> anyhow::Result<()> {
     let out = args
         .out
         .clone()
@@ -136,6 +210,11 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         Outcome::Refused => anyhow::bail!(
             "migration refused before anything left {from}{}",
             report.reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        Outcome::Pending => anyhow::bail!(
+            "migration {} still pending: {name} serves nowhere until the broker answers the source; `cvm migrate --status {} --from {from}` shows the outcome later",
+            report.migration,
+            report.migration
         ),
     }
 }
@@ -238,6 +317,22 @@ fn verify(args: &MigrateArgs) -> anyhow::Result<()> {
                     s.kind, s.migration
                 );
             }
+        }
+    }
+    // An acceptance and an abort of one migration contradict each other: each is
+    // signed only after its side won the broker's compare-and-set.
+    for a in checked
+        .iter()
+        .filter(|c| c.statement.kind == Kind::Acceptance)
+    {
+        if checked.iter().any(|c| {
+            c.statement.kind == Kind::Abort && c.statement.migration == a.statement.migration
+        }) {
+            failed += 1;
+            println!(
+                "FAIL migration {} has both an acceptance and an abort",
+                a.statement.migration
+            );
         }
     }
     anyhow::ensure!(failed == 0, "{failed} certificate check(s) failed");

@@ -7,6 +7,7 @@
 //! this appliance only.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -172,11 +173,18 @@ pub fn describe(w: &WorkloadStatus) -> String {
     s
 }
 
+/// How long a deploy may take: the agent compiles the workload (up to ten minutes in
+/// a slow, emulated guest) before it answers.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(660);
+/// How long a stop or removal may take: a removal first records itself at the broker
+/// (an attestation, seconds in an emulated guest).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// `cvm deploy BUNDLE --to HOST:PORT`.
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let bundle = std::fs::read(&args.bundle)
         .with_context(|| format!("read bundle {}", args.bundle.display()))?;
-    let agent = attested::connect(&args.to, &args.verify, args.json)?;
+    let agent = attested::connect(&args.to, &args.verify, args.json)?.with_timeout(DEPLOY_TIMEOUT);
     let body = agent_client::request(
         &agent,
         "POST",
@@ -283,7 +291,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
 pub fn stop(args: NameArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let path = format!("/v1/workloads/{}/stop", args.name);
-    let body = call(t, &t.agent()?, "POST", &path)?;
+    let body = call(t, &t.agent()?.with_timeout(CHANGE_TIMEOUT), "POST", &path)?;
     let status: WorkloadStatus = agent_client::decode(&t.to, "POST", &path, &body)?;
     if t.json {
         return super::print_json(&status);
@@ -297,7 +305,7 @@ pub fn rm(args: NameArgs) -> anyhow::Result<()> {
     let t = &args.target;
     call(
         t,
-        &t.agent()?,
+        &t.agent()?.with_timeout(CHANGE_TIMEOUT),
         "DELETE",
         &format!("/v1/workloads/{}", args.name),
     )?;

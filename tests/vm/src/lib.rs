@@ -7,6 +7,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod badge;
+pub mod relay;
 pub mod workload;
 
 use std::io::{BufRead as _, BufReader, Read as _};
@@ -179,6 +181,30 @@ impl Guest {
         self.wait()
     }
 
+    /// Pull the plug: SIGKILL the guest's QEMU (a crash at whatever step the guest is
+    /// in: nothing it has not written to its disk survives) and wait for `cvm run`.
+    pub fn crash(self) -> (i32, Value) {
+        let parent = self.child.id();
+        let qemu = std::fs::read_dir("/proc")
+            .expect("list /proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // `PID (COMM) STATE PPID …`: COMM may hold spaces, so split after it.
+                let Some((head, rest)) = stat.rsplit_once(") ") else {
+                    return false;
+                };
+                head.contains("(qemu-system")
+                    && rest.split_whitespace().nth(1) == Some(parent.to_string().as_str())
+            })
+            .expect("cvm run has a QEMU child");
+        kill(Pid::from_raw(qemu as i32), Signal::SIGKILL).expect("kill QEMU");
+        self.wait()
+    }
+
     /// Wait for `cvm run` to exit on its own; returns its exit code and JSON report.
     pub fn wait(mut self) -> (i32, Value) {
         let mut stdout = String::new();
@@ -238,15 +264,13 @@ pub struct Broker {
 impl Broker {
     /// Serve from `dir` on a free loopback port.
     pub fn start(dir: &Path) -> Broker {
+        Broker::start_at(dir, "127.0.0.1:0")
+    }
+
+    /// Serve from `dir` on `listen` (HOST:PORT).
+    pub fn start_at(dir: &Path, listen: &str) -> Broker {
         let mut child = Command::new(cvm_bin())
-            .args([
-                "broker",
-                "serve",
-                "--json",
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-            ])
+            .args(["broker", "serve", "--json", "--listen", listen, "--dir"])
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -265,6 +289,18 @@ impl Broker {
             ca: PathBuf::from(ready["ca"].as_str().expect("ca")),
             dir: dir.to_owned(),
         }
+    }
+
+    /// Stop it (SIGTERM) and start it again from its folder on the same port: the
+    /// broker an appliance could not reach for a while. `down` runs in between.
+    pub fn outage<T>(&mut self, down: impl FnOnce() -> T) -> T {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+        let result = down();
+        let listen = self.url.trim_start_matches("https://").to_owned();
+        let dir = self.dir.clone();
+        *self = Broker::start_at(&dir, &listen);
+        result
     }
 
     /// The URL the guest uses (QEMU user networking: the host is 10.0.2.2).
@@ -289,7 +325,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
+        // One that already ended (an outage) is not signalled: its pid may be reused.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
     }
 }

@@ -199,8 +199,8 @@ pub fn prepare(d: &Path, broker: &Broker, owner: &Owner, image: &Path) -> (PathB
     (init, file)
 }
 
-/// A request to a workload's port as `who` (the Badge Request Tool's role and actor
-/// headers), through curl, the body from a file (an import is larger than a command
+/// A request to a workload's port as `who` (role and id, in a caller token for the
+/// Badge Request Tool), through curl, the body from a file (an import is larger than a command
 /// line); the status and the JSON answer (`Null` if none). Status 0: nothing answered.
 pub fn call(
     port: u16,
@@ -211,8 +211,13 @@ pub fn call(
 ) -> (u16, Value) {
     let mut c = std::process::Command::new("curl");
     c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
-        .args(["-H", &format!("x-badge-role: {}", who.0)])
-        .args(["-H", &format!("x-badge-actor: {}", who.1)])
+        .args([
+            "-H",
+            &format!(
+                "authorization: Bearer {}",
+                crate::badge::token(who.0, who.1)
+            ),
+        ])
         .args(["-H", "content-type: application/json"]);
     if let Some(b) = body {
         c.arg("--data-binary").arg(format!("@{}", b.display()));

@@ -28,8 +28,8 @@ fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() 
     let d = dir.path();
     let broker = Broker::start(&d.join("broker"));
     let owner = keygen(d, "owner");
-    let policy =
-        std::fs::read_to_string(repo_root().join("workloads/badge-request/policy.yaml")).unwrap();
+    // As shipped, with the owner's caller key (the tokens `call` sends are signed with it).
+    let policy = cvm_vm_tests::badge::policy();
     let bundle = seal(
         &broker,
         &owner,
@@ -68,6 +68,40 @@ fn badge_request_tool_serves_every_role_and_keeps_its_records_across_a_reboot() 
     assert_eq!(deployed["state"], "running", "{deployed}");
     assert_eq!(deployed["state_version"], 1, "{deployed}");
     assert_eq!(counter(), 1);
+
+    // Callers are authenticated in the guest: no token, a claimed role in the old
+    // headers, or a token for another audience get 401, and nothing is read.
+    let anonymous = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{port}/state"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(anonymous(&[]), "401");
+    assert_eq!(
+        anonymous(&[
+            "-H",
+            "x-badge-role: security",
+            "-H",
+            "x-badge-actor: guard-7"
+        ]),
+        "401"
+    );
+    let token = cvm_vm_tests::badge::token("security", "guard-7");
+    let (head, rest) = token.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    use base64::Engine as _;
+    let other = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(br#"{"aud":"payroll","role":"security","sub":"guard-7","exp":9999999999}"#);
+    let forged = format!("authorization: Bearer {head}.{other}.{sig}");
+    assert_eq!(anonymous(&["-H", &forged]), "401");
+    assert_eq!(
+        anonymous(&["-H", &format!("authorization: Bearer {token}")]),
+        "200"
+    );
 
     let sample = repo_root().join("workloads/badge-request/sample/employees.json");
     let started = Instant::now();

@@ -1,235 +1,398 @@
-//! Migrations whose network fails: the source reaches the destination through a TCP
-//! relay on the host (`--via`) that cuts one connection at a chosen point. After each
-//! run exactly one appliance serves the Badge Request Tool, with every acknowledged
-//! change, and the broker's lease names it; the counts are printed.
+//! Migrations interrupted at each step of the protocol: the source reaches the
+//! destination through a TCP relay on the host (`--via`) that cuts or holds the offer's
+//! connection; while it holds, the test stops the broker or kills one appliance's QEMU.
+//! After each run exactly one appliance serves the Badge Request Tool, with every
+//! acknowledged change, and the broker's lease names it; while an abort is pending
+//! (the broker unreachable) none serves. The counts are printed.
 //!
-//! - the offer's connection cut in its TLS handshake, or after 4 KiB (the destination
-//!   never sees it whole): the source takes the release back, signs an abort and
-//!   serves again;
-//! - the destination's answer lost (it committed and serves, the source hears nothing):
-//!   the source learns the outcome from the broker and deletes its copy.
+//! - network: the offer cut in its TLS handshake or after 4 KiB (the source takes the
+//!   release back, signs an abort, serves again); the destination's answer lost (the
+//!   source learns of the commit from the broker and deletes its copy);
+//! - the broker down after the release: nothing serves while the abort is pending,
+//!   then the source again; the broker down after the destination's commit with its
+//!   answer lost: the source settles it as migrated once the broker is back;
+//! - a crash (QEMU killed) of the source after its release (rebooted, the owner's
+//!   redeploy takes the release back), of the destination before the offer arrives
+//!   (the source serves again), of the destination after its commit (its redeploy
+//!   serves every change it installed), of the source after the destination's commit
+//!   (its redeploy is refused and its old copy deleted).
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read as _, Write as _};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use cvm_vm_tests::workload::{Target, body, call, deploy, keygen, prepare, seal, wasm};
-use cvm_vm_tests::{Broker, Guest, cvm, enabled, image, json_ok, repo_root};
+use cvm_vm_tests::badge::{ADA, Appliance, BOSS, Badge, SEC, boot_pair, report};
+use cvm_vm_tests::relay::{Fault, Gate, Relay};
+use cvm_vm_tests::workload::{body, call, deploy};
 use serde_json::{Value, json};
 
-const SEC: (&str, &str) = ("security", "guard-7");
-const ADA: (&str, &str) = ("employee", "E000042");
-
-/// Where the relay cuts the connection it is told to cut.
+/// What happens once the relay holds the offer (or its answer).
 #[derive(Debug, Clone, Copy)]
-enum Cut {
-    /// After this many bytes from the source, before the rest of its request.
-    Request(usize),
-    /// At the destination's first bytes after the source sent this many: with 0, in
-    /// the TLS handshake; past the bundle's size, the HTTP answer to a whole offer.
-    Answer(usize),
+enum Then {
+    Nothing,
+    /// Drop the held answer (once the destination has committed).
+    DropAnswer,
+    /// Stop the broker; let the held connection go on (Pass) or drop it.
+    BrokerDown(Gate),
+    /// Kill the source's QEMU.
+    CrashSource,
+    /// Kill the destination's QEMU.
+    CrashDestination,
 }
 
-/// A relay on 127.0.0.1 to `target`; connection number `victim` (1-based) is cut.
-fn relay(target: String, victim: usize, cut: Cut) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
-            let target = target.clone();
-            std::thread::spawn(move || {
-                let Ok(server) = TcpStream::connect(&target) else {
-                    return;
-                };
-                pump(client, server, (n == victim).then_some(cut));
+/// One kind of interrupted migration: its label, the fault, what follows, and which
+/// appliance must serve afterwards (0 = the source, 1 = the destination).
+type Case = (&'static str, Fault, Then, usize);
+
+const CASES: [Case; 9] = [
+    (
+        "offer cut in its TLS handshake",
+        Fault::CutAnswer(0),
+        Then::Nothing,
+        0,
+    ),
+    (
+        "offer cut after 4 KiB",
+        Fault::CutRequest(4096),
+        Then::Nothing,
+        0,
+    ),
+    ("answer lost", Fault::HoldAnswer, Then::DropAnswer, 1),
+    (
+        "broker down after the release",
+        Fault::HoldOffer,
+        Then::BrokerDown(Gate::Pass),
+        0,
+    ),
+    (
+        "broker down after the commit, answer lost",
+        Fault::HoldAnswer,
+        Then::BrokerDown(Gate::Drop),
+        1,
+    ),
+    (
+        "source crashed after its release",
+        Fault::HoldOffer,
+        Then::CrashSource,
+        0,
+    ),
+    (
+        "destination crashed before the offer",
+        Fault::HoldOffer,
+        Then::CrashDestination,
+        0,
+    ),
+    (
+        "destination crashed after its commit",
+        Fault::HoldAnswer,
+        Then::CrashDestination,
+        1,
+    ),
+    (
+        "source crashed after the commit",
+        Fault::HoldAnswer,
+        Then::CrashSource,
+        1,
+    ),
+];
+
+/// A migration without a fault (the relay passes everything).
+const CLEAN: Case = ("no fault", Fault::None, Then::Nothing, 1);
+
+/// What the runs did, for the counts.
+#[derive(Debug, Default)]
+struct Counts {
+    runs: u32,
+    /// Migrated, and the report came back.
+    completed: u32,
+    /// Aborted with the source serving again (a signed abort when it had released).
+    aborted: u32,
+    /// The source crashed mid-request: no report; the owner's redeploy settled it.
+    interrupted: u32,
+    /// Runs after which the serving appliance lacked an acknowledged change.
+    lost: u32,
+    /// Runs after which both appliances served.
+    both: u32,
+    /// Runs where nothing served while an abort was pending (the broker down).
+    none_while_pending: u32,
+    /// Milliseconds of the runs without a fault that migrated (the agent's figure).
+    clean_millis: Vec<u64>,
+    /// Runs without a fault.
+    unfaulted: u32,
+}
+
+/// Migrate the tool from `apps[src]` to the other with `case`'s fault; check that
+/// exactly the expected appliance serves, with every acknowledged change, and the
+/// broker's lease names it; count. Returns the appliance that serves now.
+fn one_run(
+    badge: &mut Badge,
+    apps: &mut [Appliance; 2],
+    src: usize,
+    case: Case,
+    n: &mut Counts,
+) -> usize {
+    let (label, fault, then, expect) = case;
+    let dst = 1 - src;
+    let t0 = Instant::now();
+    let (_, acknowledged) = call(apps[src].port, "GET", "/state", SEC, None);
+    let before = badge.lease()["holder"].as_str().unwrap().to_owned();
+    // A held answer is acted on once the broker shows the destination's commit (the
+    // relay may also hold bytes the destination sent before its answer).
+    let committed = |badge: &Badge| {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let h = badge.lease()["holder"].as_str().unwrap().to_owned();
+            if h.starts_with("volume:") && h != before {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label}: the destination never committed ({h})"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let relay = Relay::start(apps[dst].agent(), fault);
+    let migrate = badge.spawn_migrate(
+        &apps[src].agent(),
+        &apps[dst].agent(),
+        Some(&relay.via()),
+        &format!("run{}", n.runs),
+    );
+    n.runs += 1;
+    let held_answer = matches!(fault, Fault::HoldAnswer);
+    match then {
+        Then::Nothing => {}
+        Then::DropAnswer => {
+            relay.wait_held();
+            committed(badge);
+            relay.open(Gate::Drop);
+        }
+        Then::BrokerDown(gate) => {
+            relay.wait_held();
+            if held_answer {
+                committed(badge);
+            }
+            badge.broker.outage(|| {
+                relay.open(gate);
+                relay.wait_done();
+                // The source cannot settle without the broker: after the destination's
+                // refusal nothing serves; after its commit only the destination.
+                std::thread::sleep(Duration::from_secs(5));
+                let serving = [apps[0].serves(), apps[1].serves()];
+                let mut expected = [false, false];
+                expected[dst] = gate == Gate::Drop;
+                assert_eq!(serving, expected, "{label}: while the broker is down");
+                if gate == Gate::Pass {
+                    n.none_while_pending += 1;
+                }
             });
         }
-    });
-    port
-}
-
-/// Copy both ways; with a cut, stop where it says and close both ends.
-fn pump(client: TcpStream, server: TcpStream, cut: Option<Cut>) {
-    let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let (mut s_in, mut c_out) = (server, client);
-    let total = Arc::new(AtomicUsize::new(0));
-    let counted = total.clone();
-    let up = std::thread::spawn(move || {
-        let mut buf = [0u8; 16 << 10];
-        let mut sent = 0usize;
-        loop {
-            let n = match c_in.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let n = match cut {
-                Some(Cut::Request(limit)) if sent + n >= limit => {
-                    let _ = s_out.write_all(&buf[..limit - sent]);
-                    let _ = s_out.shutdown(Shutdown::Both);
-                    let _ = c_in.shutdown(Shutdown::Both);
-                    return;
-                }
-                _ => n,
-            };
-            if s_out.write_all(&buf[..n]).is_err() {
-                break;
+        Then::CrashSource => {
+            relay.wait_held();
+            if held_answer {
+                committed(badge);
             }
-            sent += n;
-            counted.store(sent, Ordering::SeqCst);
+            apps[src].crash();
+            relay.open(Gate::Drop);
         }
-        let _ = s_out.shutdown(Shutdown::Write);
-    });
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        let n = match s_in.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(Cut::Answer(after)) = cut
-            && total.load(Ordering::SeqCst) >= after
-        {
-            // The destination answered: the answer is lost.
-            let _ = c_out.shutdown(Shutdown::Both);
-            let _ = s_in.shutdown(Shutdown::Both);
-            break;
-        }
-        if c_out.write_all(&buf[..n]).is_err() {
-            break;
+        Then::CrashDestination => {
+            relay.wait_held();
+            if held_answer {
+                committed(badge);
+            }
+            apps[dst].crash();
+            relay.open(Gate::Drop);
         }
     }
-    let _ = c_out.shutdown(Shutdown::Both);
-    let _ = up.join();
+    let r = report(migrate);
+    // A crashed appliance comes back from its disk, and the owner deploys the tool
+    // there again: the broker's lease decides whether it may serve.
+    for i in [src, dst] {
+        if apps[i].guest.is_none() {
+            apps[i].reboot(badge);
+            let again = deploy(
+                &badge.target(apps[i].guest.as_ref().unwrap()),
+                &badge.bundle,
+                true,
+            );
+            let refusal = String::from_utf8_lossy(&again.stderr).into_owned();
+            eprintln!(
+                "{label}: redeploy on {}: {}",
+                apps[i].disk,
+                if again.status.success() {
+                    "serving"
+                } else {
+                    refusal.trim()
+                }
+            );
+        }
+    }
+    eprintln!(
+        "run {}, {label}: {} ({}), {} ms, {:.1} s with recovery",
+        n.runs,
+        r["outcome"],
+        r["reason"],
+        r["millis"],
+        t0.elapsed().as_secs_f64()
+    );
+    let serving: Vec<usize> = (0..2).filter(|&i| apps[i].serves()).collect();
+    if serving.len() > 1 {
+        n.both += 1;
+    }
+    assert_eq!(serving, [[src, dst][expect]], "{label}: {r}");
+    let now = serving[0];
+    if call(apps[now].port, "GET", "/state", SEC, None).1 != acknowledged {
+        n.lost += 1;
+    }
+    match r["outcome"].as_str() {
+        Some("migrated") => n.completed += 1,
+        Some("aborted") => n.aborted += 1,
+        None => n.interrupted += 1,
+        Some(other) => panic!("{label}: {other}: {r}"),
+    }
+    if matches!(fault, Fault::None) {
+        n.unfaulted += 1;
+        if r["outcome"] == "migrated" {
+            n.clean_millis
+                .push(r["millis"].as_u64().unwrap_or_default());
+        }
+    }
+    let lease = badge.lease();
+    assert!(
+        lease["holder"].as_str().unwrap().starts_with("volume:"),
+        "{label}: {lease}"
+    );
+    // The next change lands where it serves now, and is kept from there on.
+    let (code, _) = call(
+        apps[now].port,
+        "POST",
+        "/badges/B000001/approve",
+        BOSS,
+        None,
+    );
+    assert!(code == 200 || code == 409, "{label}: {code}");
+    now
 }
 
-#[test]
-fn a_cut_connection_leaves_exactly_one_appliance_serving_with_every_change() {
-    if !enabled() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let broker = Broker::start(&d.join("broker"));
-    let owner = keygen(d, "owner");
-    let policy =
-        std::fs::read_to_string(repo_root().join("workloads/badge-request/policy.yaml")).unwrap();
-    let bundle = seal(
-        &broker,
-        &owner,
-        &wasm("badge_request"),
-        &policy,
-        "badge-request",
-        d,
+/// The counts, one line.
+fn summary(n: &Counts) -> String {
+    format!(
+        "{} runs, {} completed, {} aborted cleanly, {} interrupted (a crashed source, settled by the owner's redeploy), {} lost changes, {} with two serving, {} with none serving while an abort was pending",
+        n.runs, n.completed, n.aborted, n.interrupted, n.lost, n.both, n.none_while_pending
+    )
+}
+
+/// Boot two appliances, deploy the tool on the first with Ada's request.
+fn setup(d: &std::path::Path) -> (Badge, [Appliance; 2]) {
+    let badge = Badge::new(d);
+    let apps = boot_pair(&badge);
+    let deployed = deploy(
+        &badge.target(apps[0].guest.as_ref().unwrap()),
+        &badge.bundle,
         true,
     );
-    let (init, reference) = prepare(d, &broker, &owner, image());
-    let ports = [
-        cvm_vm_tests::workload::free_port(),
-        cvm_vm_tests::workload::free_port(),
-    ];
-    let start = |disk: &str, port: u16| {
-        Guest::start(&[
-            "--initdata",
-            init.to_str().unwrap(),
-            "--state-disk",
-            d.join(disk).to_str().unwrap(),
-            "--forward",
-            &format!("{port}:8082"),
-        ])
-    };
-    let (a, b) = (start("a.img", ports[0]), start("b.img", ports[1]));
-    let guests = [a.wait_ready(), b.wait_ready()];
-    let ta = Target {
-        agent: guests[0].agent.clone(),
-        reference: reference.clone(),
-    };
-    assert_eq!(json_ok(&deploy(&ta, &bundle, true))["state"], "running");
+    assert!(deployed.status.success(), "{deployed:?}");
     let ada = body(
         d,
         "ada",
         &json!({"employee_id": "E000042", "name": "Ada Lovelace", "site": "Zurich", "zones": ["lobby"]}),
     );
-    assert_eq!(call(ports[0], "POST", "/badges", ADA, Some(&ada)).0, 201);
-
-    // (fault, the appliance expected to serve afterwards: 0 = source, 1 = destination)
-    let faults = [
-        ("offer cut in its TLS handshake", Cut::Answer(0), 0),
-        ("offer cut after 4 KiB", Cut::Request(4096), 0),
-        ("answer lost", Cut::Answer(64 << 10), 1),
-    ];
-    let (mut runs, mut clean, mut aborted, mut lost, mut both) = (0, 0, 0, 0, 0);
-    let mut src = 0usize;
-    for (label, cut, expect) in faults {
-        let dst = 1 - src;
-        let (_, acknowledged) = call(ports[src], "GET", "/state", SEC, None);
-        // Connection 1 is the passport, connection 2 the offer.
-        let relay_port = relay(guests[dst].agent.clone(), 2, cut);
-        let out = cvm(&[
-            "migrate",
-            "badge-request",
-            "--from",
-            &guests[src].agent,
-            "--to",
-            &guests[dst].agent,
-            "--via",
-            &format!("10.0.2.2:{relay_port}"),
-            "--reference",
-            reference.to_str().unwrap(),
-            "--owner-key",
-            owner.key.to_str().unwrap(),
-            "--out",
-            d.join(format!("run{runs}")).to_str().unwrap(),
-            "--json",
-        ]);
-        runs += 1;
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        eprintln!(
-            "fault {label}: {} ({}), {} ms",
-            report["outcome"], report["reason"], report["millis"]
-        );
-        let serving: Vec<usize> = (0..2)
-            .filter(|&i| call(ports[i], "GET", "/state", SEC, None).0 == 200)
-            .collect();
-        if serving.len() > 1 {
-            both += 1;
-        }
-        assert_eq!(serving, [[src, dst][expect]], "{label}: {report}");
-        let now = serving[0];
-        if call(ports[now], "GET", "/state", SEC, None).1 != acknowledged {
-            lost += 1;
-        }
-        match report["outcome"].as_str() {
-            Some("migrated") => clean += 1,
-            Some("aborted") => aborted += 1,
-            _ => panic!("{label}: {report}"),
-        }
-        let lease = json_ok(&broker.admin(&["counter", "get", "default/badge-request/state-key"]));
-        assert!(
-            lease["holder"].as_str().unwrap().starts_with("volume:"),
-            "{label}: {lease}"
-        );
-        // The next change lands where it serves now, and is kept from there on.
-        let (code, _) = call(
-            ports[now],
-            "POST",
-            "/badges/B000001/approve",
-            ("manager", "E000001"),
-            None,
-        );
-        assert!(code == 200 || code == 409, "{label}: {code}");
-        src = now;
-    }
-    eprintln!(
-        "migration faults: {runs} runs, {clean} completed, {aborted} aborted cleanly, {lost} lost changes, {both} with two serving"
+    assert_eq!(
+        call(apps[0].port, "POST", "/badges", ADA, Some(&ada)).0,
+        201
     );
-    assert_eq!((lost, both), (0, 0));
-    for g in guests {
-        let (code, report) = g.shutdown();
-        assert_eq!(code, 0, "{report}");
+    (badge, apps)
+}
+
+fn shutdown(apps: [Appliance; 2]) {
+    for app in apps {
+        let (code, r): (i32, Value) = app.guest.unwrap().shutdown();
+        assert_eq!(code, 0, "{r}");
     }
+}
+
+#[test]
+fn interrupted_migrations_leave_exactly_one_appliance_serving_with_every_change() {
+    if !cvm_vm_tests::enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut badge, mut apps) = setup(dir.path());
+    let mut n = Counts::default();
+    let mut src = 0;
+    for case in CASES {
+        src = one_run(&mut badge, &mut apps, src, case, &mut n);
+    }
+    eprintln!("migration faults: {}", summary(&n));
+    assert_eq!((n.lost, n.both), (0, 0));
+    shutdown(apps);
+}
+
+/// The KPI run (`./scripts/migrate-kpi`, not in CI: about an hour under TCG):
+/// `CVM_MIGRATE_RUNS` migrations of the tool holding the sample data set, every third
+/// with one of the faults above in turn. Prints the counts, the share of runs that
+/// ended clean (exactly one serving, nothing lost) and the median time of a
+/// migration without a fault; `CVM_MIGRATE_KPI_OUT` names a JSON file for them.
+#[test]
+fn migration_kpis() {
+    let Some(runs) = std::env::var("CVM_MIGRATE_RUNS")
+        .ok()
+        .and_then(|r| r.parse::<u32>().ok())
+    else {
+        eprintln!("KPI run skipped: set CVM_MIGRATE_RUNS (./scripts/migrate-kpi does)");
+        return;
+    };
+    if !cvm_vm_tests::enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut badge, mut apps) = setup(dir.path());
+    let sample = cvm_vm_tests::repo_root().join("workloads/badge-request/sample/employees.json");
+    assert_eq!(
+        call(apps[0].port, "POST", "/import", SEC, Some(&sample)).0,
+        201
+    );
+    let mut n = Counts::default();
+    let mut src = 0;
+    let t0 = Instant::now();
+    for i in 0..runs {
+        let case = if i % 3 == 2 {
+            CASES[(i as usize / 3) % CASES.len()]
+        } else {
+            CLEAN
+        };
+        src = one_run(&mut badge, &mut apps, src, case, &mut n);
+    }
+    let mut times = n.clean_millis.clone();
+    times.sort_unstable();
+    let median = times.get(times.len() / 2).copied().unwrap_or_default();
+    let security_issues = n.lost + n.both;
+    let percent = |part: u32, whole: u32| 100.0 * f64::from(part) / f64::from(whole.max(1));
+    let kpis = json!({
+        "runs": n.runs,
+        "faults_injected": n.runs - n.unfaulted,
+        "completed": n.completed,
+        "aborted_cleanly": n.aborted,
+        "interrupted_settled_by_redeploy": n.interrupted,
+        "lost_changes": n.lost,
+        "two_serving": n.both,
+        "none_serving_while_pending": n.none_while_pending,
+        // Two serving, or an acknowledged change lost.
+        "security_issue_percent": percent(security_issues, n.runs),
+        // Exactly one serving with every change: migrated, aborted with the source
+        // serving again, or (a crash) settled by the owner's redeploy.
+        "settled_cleanly_percent": percent(n.runs - security_issues, n.runs),
+        // Of the runs without an injected fault, migrated without interruption.
+        "unfaulted_completed_percent": percent(times.len() as u32, n.unfaulted),
+        "median_clean_migration_ms": median,
+        "badges": 3001,
+        "wall_seconds": t0.elapsed().as_secs(),
+    });
+    eprintln!("migration KPIs: {}\n{kpis:#}", summary(&n));
+    if let Some(out) = std::env::var_os("CVM_MIGRATE_KPI_OUT") {
+        std::fs::write(out, format!("{kpis:#}\n")).unwrap();
+    }
+    assert_eq!(security_issues, 0);
+    shutdown(apps);
 }
