@@ -71,25 +71,20 @@ impl Broker {
     /// cheap probe before work that would otherwise measure a deploy for nothing.
     pub fn reachable(&self, timeout: std::time::Duration) -> bool {
         use std::net::ToSocketAddrs as _;
-        let rest = self
-            .url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, r)| r);
-        let authority = rest.split('/').next().unwrap_or_default();
-        let default_port = if self.url.starts_with("http://") {
+        let Ok(uri) = self.url.parse::<hyper::Uri>() else {
+            return false;
+        };
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let default_port = if uri.scheme_str() == Some("http") {
             80
         } else {
             443
         };
-        let addr = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:{default_port}")
-        };
-        addr.to_socket_addrs()
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host, uri.port_u16().unwrap_or(default_port))
+            .to_socket_addrs()
             .ok()
             .into_iter()
             .flatten()

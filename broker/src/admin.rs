@@ -151,37 +151,25 @@ impl Broker {
                 .map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
             let req: Retire =
                 serde_json::from_slice(body).map_err(|e| KbsError::SerdeError(e.to_string()))?;
-            let _held = self
-                .counter_write
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let current = self.store.get_counter(&p)?;
-            if current.value != req.expect {
-                return Err(KbsError::CounterConflict {
-                    path: p.to_string(),
-                    current: current.value,
-                    expected: req.expect,
-                });
-            }
-            let name = current
-                .holder
-                .rsplit_once('/')
-                .map(|(_, n)| n)
-                .filter(|n| !n.is_empty())
-                .ok_or_else(|| {
-                    KbsError::BadCounterUpdate(format!(
-                        "counter {p} has no holder naming a workload ({:?}): nothing to retire",
-                        current.holder
-                    ))
-                })?;
-            let next = Counter {
-                value: current.value.checked_add(1).ok_or_else(|| {
-                    KbsError::BadCounterUpdate(format!("counter {p} is exhausted"))
-                })?,
-                holder: format!("removed/{name}"),
-            };
-            self.store.put_counter(&p, &next)?;
-            Ok(next)
+            self.compare_and_set(&p, req.expect, |current| {
+                let name = current
+                    .holder
+                    .rsplit_once('/')
+                    .map(|(_, n)| n)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        KbsError::BadCounterUpdate(format!(
+                            "counter {p} has no holder naming a workload ({:?}): nothing to retire",
+                            current.holder
+                        ))
+                    })?;
+                Ok(Counter {
+                    value: current.value.checked_add(1).ok_or_else(|| {
+                        KbsError::BadCounterUpdate(format!("counter {p} is exhausted"))
+                    })?,
+                    holder: format!("removed/{name}"),
+                })
+            })
         })
     }
 

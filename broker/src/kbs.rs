@@ -424,20 +424,31 @@ impl Broker {
         let update: CounterUpdate =
             serde_json::from_slice(body).map_err(|e| KbsError::SerdeError(e.to_string()))?;
         update.check().map_err(KbsError::BadCounterUpdate)?;
+        self.compare_and_set(&rpath, update.expect, |_| Ok(update.counter()))
+    }
+
+    /// Move the counter at `path` from `expect` to what `next` makes of it, under the
+    /// counter lock (every counter write, the TEEs' and the admin's, goes through here).
+    pub(crate) fn compare_and_set(
+        &self,
+        path: &ResourcePath,
+        expect: u64,
+        next: impl FnOnce(&Counter) -> Result<Counter, KbsError>,
+    ) -> Result<Counter, KbsError> {
         let _held = self
             .counter_write
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.store.get_counter(&rpath)?;
-        if current.value != update.expect {
+        let current = self.store.get_counter(path)?;
+        if current.value != expect {
             return Err(KbsError::CounterConflict {
-                path: rpath.to_string(),
+                path: path.to_string(),
                 current: current.value,
-                expected: update.expect,
+                expected: expect,
             });
         }
-        let next = update.counter();
-        self.store.put_counter(&rpath, &next)?;
+        let next = next(&current)?;
+        self.store.put_counter(path, &next)?;
         Ok(next)
     }
 }

@@ -330,7 +330,6 @@ pub async fn migrate(
 }
 
 /// A migration from this appliance, from the moment its workload stopped.
-#[derive(Clone)]
 struct Source {
     w: Arc<Workloads>,
     name: String,
@@ -426,8 +425,10 @@ impl Source {
         })
         .await;
         let ours = sealed_state::releasing_holder(&self.migration, &self.to, &self.name);
+        // Not reaching the broker and its failing mid-compare-and-set are one case.
+        let taken = taken.unwrap_or_else(|e| Err(sealed_state::StateError::Broker(e)));
         match taken {
-            Ok(Ok(_)) => {
+            Ok(_) => {
                 // Signed only when the broker gave the workload back to this appliance.
                 match self.sign(Kind::Abort, Some(why.clone())).await {
                     Ok(abort) => {
@@ -440,7 +441,7 @@ impl Source {
                 }
                 self.resume(Outcome::Aborted, why).await
             }
-            Ok(Err(sealed_state::StateError::Lease { holder, value, .. }))
+            Err(sealed_state::StateError::Lease { holder, value, .. })
                 if self.committed_by_destination(&holder, value) =>
             {
                 let reason = format!(
@@ -451,7 +452,7 @@ impl Source {
             // The broker did not answer, or answered the compare-and-set with an error
             // but still shows this release: D may yet commit, so nothing serves here
             // until the broker settles it, which `settle` keeps asking for.
-            Ok(Err(sealed_state::StateError::Lease { holder, value, .. }))
+            Err(sealed_state::StateError::Lease { holder, value, .. })
                 if holder == ours && value == released =>
             {
                 self.w.discard(&self.name, false);
@@ -459,19 +460,13 @@ impl Source {
                     "{why}; the broker refused to give the release back but still records it: the workload serves nowhere until it settles, then here again unless the destination committed"
                 ))
             }
-            Ok(Err(e @ sealed_state::StateError::Broker(_))) => {
+            Err(e @ sealed_state::StateError::Broker(_)) => {
                 self.w.discard(&self.name, false);
                 self.pending(format!(
                     "{why}; the broker did not answer ({e}): the workload serves nowhere until it does, then here again unless the destination committed"
                 ))
             }
             Err(e) => {
-                self.w.discard(&self.name, false);
-                self.pending(format!(
-                    "{why}; the broker did not answer ({e}): the workload serves nowhere until it does, then here again unless the destination committed"
-                ))
-            }
-            Ok(Err(e)) => {
                 self.w.discard(&self.name, false);
                 self.report(
                     Outcome::Aborted,
@@ -537,13 +532,7 @@ impl Source {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(SETTLE_MAX_DELAY);
             if sealed_state::read_record(&dir).ok().flatten() != left {
-                info!(workload = %self.name, migration = %self.migration, "pending migration settled by the owner");
-                self.report(
-                    Outcome::Aborted,
-                    Some(format!(
-                        "{why}; the owner deployed or removed the workload here meanwhile"
-                    )),
-                );
+                self.settled_by_owner(&why);
                 return;
             }
             // Each deploy measures the manifest: probe first, so a broker that is
@@ -587,13 +576,7 @@ impl Source {
                     return;
                 }
                 Err(DeployError::Exists(_)) => {
-                    info!(workload = %self.name, migration = %self.migration, "pending migration settled by the owner's deploy");
-                    self.report(
-                        Outcome::Aborted,
-                        Some(format!(
-                            "{why}; the owner deployed the workload here again meanwhile"
-                        )),
-                    );
+                    self.settled_by_owner(&why);
                     return;
                 }
                 // Something the broker settled otherwise: the owner decides from here.
@@ -612,6 +595,18 @@ impl Source {
             // before the broker); that is this task's own doing.
             left = sealed_state::read_record(&dir).ok().flatten();
         }
+    }
+
+    /// The owner deployed or removed the workload here while this migration was
+    /// pending: that settled it, not `settle`.
+    fn settled_by_owner(&self, why: &str) {
+        info!(workload = %self.name, migration = %self.migration, "pending migration settled by the owner");
+        self.report(
+            Outcome::Aborted,
+            Some(format!(
+                "{why}; the owner deployed or removed the workload here meanwhile"
+            )),
+        );
     }
 }
 

@@ -160,19 +160,18 @@ fn one_run(
         &format!("run{}", n.runs),
     );
     n.runs += 1;
-    let held_answer = matches!(fault, Fault::HoldAnswer);
+    // Every fault but a plain cut acts once the relay holds: a held answer once the
+    // broker also shows the destination's commit.
+    if !matches!(then, Then::Nothing) {
+        relay.wait_held();
+        if matches!(fault, Fault::HoldAnswer) {
+            committed(badge);
+        }
+    }
     match then {
         Then::Nothing => {}
-        Then::DropAnswer => {
-            relay.wait_held();
-            committed(badge);
-            relay.open(Gate::Drop);
-        }
+        Then::DropAnswer => relay.open(Gate::Drop),
         Then::BrokerDown(gate) => {
-            relay.wait_held();
-            if held_answer {
-                committed(badge);
-            }
             badge.broker.outage(|| {
                 relay.open(gate);
                 relay.wait_done();
@@ -188,20 +187,13 @@ fn one_run(
                 }
             });
         }
-        Then::CrashSource => {
-            relay.wait_held();
-            if held_answer {
-                committed(badge);
-            }
-            apps[src].crash();
-            relay.open(Gate::Drop);
-        }
-        Then::CrashDestination => {
-            relay.wait_held();
-            if held_answer {
-                committed(badge);
-            }
-            apps[dst].crash();
+        Then::CrashSource | Then::CrashDestination => {
+            let victim = if matches!(then, Then::CrashSource) {
+                src
+            } else {
+                dst
+            };
+            apps[victim].crash();
             relay.open(Gate::Drop);
         }
     }
