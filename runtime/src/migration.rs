@@ -52,8 +52,21 @@ pub struct MigrateReport {
     pub snapshot_bytes: u64,
     /// Milliseconds from the request to the outcome.
     pub millis: u64,
+    /// Where those milliseconds went, step by step at the source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
     /// The certificates, in the order they were signed.
     pub certificates: Vec<Certificate>,
+}
+
+/// One step of a migration at the source and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// What the source did: `destination passport`, `quiesce`, `snapshot`, …
+    pub step: String,
+    /// Milliseconds it took.
+    pub millis: u64,
 }
 
 /// `POST /v1/migrations` (source to destination): everything the destination needs,

@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cvm_attest::EventKind;
 use cvm_proto::agent::{LogStream, WorkloadState, WorkloadStatus};
@@ -115,6 +115,36 @@ pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, 
     deploy_with(w, bytes, None).await
 }
 
+/// How long each step of a deploy took, for its log: a slow deploy says where.
+struct Laps {
+    done: Vec<(&'static str, Duration)>,
+    since: Instant,
+}
+
+impl Laps {
+    fn start() -> Self {
+        Laps {
+            done: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        self.done.push((name, self.since.elapsed()));
+        self.since = Instant::now();
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name} {} ms", d.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
 /// A migration's incoming state: installed in place of opening the disk's state.
 #[derive(Debug)]
 pub struct Incoming {
@@ -136,6 +166,8 @@ pub async fn deploy_with(
     bytes: &[u8],
     incoming: Option<Incoming>,
 ) -> Result<WorkloadStatus, DeployError> {
+    let mut laps = Laps::start();
+    let migrated = incoming.is_some();
     // (1) Structure and signature.
     let verified = bundle::parse(bytes)
         .and_then(|p| p.verify(&w.ctx.owners))
@@ -200,7 +232,9 @@ pub async fn deploy_with(
         // (3b) The confinement: every layer in place (or the deploy stops, naming the
         // layer), then its digest measured, so the key is released to a workload
         // whose confinement the evidence shows.
+        laps.lap("verify and measure");
         confine(w, &entry, &manifest).await?;
+        laps.lap("confine");
         // (4) The content key, with evidence that shows the manifest; in the same
         // attested session the state key and the state's version (sealed_state).
         let broker = w.ctx.broker.clone().ok_or(DeployError::NoBroker)?;
@@ -256,6 +290,7 @@ pub async fn deploy_with(
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .map_err(key_refused)?;
+        laps.lap(if migrated { "attest, keys, install the state" } else { "attest, keys, open the state" });
         entry.logs.push(
             LogStream::Event,
             &format!("content key {resource} released by the broker"),
@@ -311,6 +346,7 @@ pub async fn deploy_with(
                 )));
             }
         }
+        laps.lap("compile and start");
         // The verified Wasm stays only as long as the runtime needs it: it has
         // compiled it, and a restart reads it again, so keep it (tmpfs, root-only).
         Ok(())
@@ -319,7 +355,10 @@ pub async fn deploy_with(
     match result {
         Ok(()) => {
             entry.deployed();
-            info!(workload = %manifest.name, version = %manifest.version, "deployed");
+            info!(workload = %manifest.name, version = %manifest.version, steps = %laps, "deployed");
+            entry
+                .logs
+                .push(LogStream::Event, &format!("deployed: {laps}"));
             entry
                 .status()
                 .ok_or_else(|| DeployError::Start("status unavailable".into()))

@@ -197,6 +197,9 @@ fn conclude(
                 .map_or_else(|| "-".to_owned(), |v| v.to_string()),
             report.snapshot_bytes,
         );
+        for s in &report.steps {
+            eprintln!("  {:>7} ms  {}", s.millis, s.step);
+        }
         for f in &files {
             eprintln!("  certificate {}", f.display());
         }

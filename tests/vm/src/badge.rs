@@ -99,11 +99,15 @@ impl Badge {
     /// Start (not wait for) an appliance on the state disk `disk` (created on first
     /// use, kept across boots) with the tool's port 8082 forwarded to `port`.
     pub fn start(&self, disk: &str, port: u16) -> Guest {
+        // Each appliance its own console log (the default is one file for every guest).
+        let serial = self.dir.join(format!("{disk}.serial"));
         Guest::start(&[
             "--initdata",
             self.init.to_str().unwrap(),
             "--state-disk",
             self.dir.join(disk).to_str().unwrap(),
+            "--serial-log",
+            serial.to_str().unwrap(),
             "--forward",
             &format!("{port}:8082"),
         ])

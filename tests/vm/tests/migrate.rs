@@ -46,11 +46,14 @@ fn the_badge_request_tool_migrates_and_exactly_one_appliance_serves_it() {
     let (init, reference) = prepare(d, &broker, &owner, image());
     let (pa, pb) = (free_port(), free_port());
     let start = |disk: &str, port: u16| {
+        let serial = d.join(format!("{disk}.serial"));
         Guest::start(&[
             "--initdata",
             init.to_str().unwrap(),
             "--state-disk",
             d.join(disk).to_str().unwrap(),
+            "--serial-log",
+            serial.to_str().unwrap(),
             "--forward",
             &format!("{port}:8082"),
         ])
@@ -126,10 +129,11 @@ fn the_badge_request_tool_migrates_and_exactly_one_appliance_serves_it() {
     let started = Instant::now();
     let report = json_ok(&migrate(&a.agent, &b.agent, "certs", &[]));
     eprintln!(
-        "migrate: badge-request with 3001 badges A -> B in {:.1?} (agent: {} ms, snapshot {} bytes)",
+        "migrate: badge-request with 3001 badges A -> B in {:.1?} (agent: {} ms, snapshot {} bytes; steps {})",
         started.elapsed(),
         report["millis"],
-        report["snapshot_bytes"]
+        report["snapshot_bytes"],
+        report["steps"]
     );
     assert_eq!(report["outcome"], "migrated", "{report}");
     assert_eq!(report["version"], 2, "{report}");
