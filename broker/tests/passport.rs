@@ -1,7 +1,8 @@
 //! The broker's token as a passport: a real swtpm attests with a chosen P-256 key as its
 //! TEE key, and the token is checked against the broker's published key for that key
 //! only. Tampered twins are refused by name: another key, a changed signature, another
-//! broker, an expired token, evidence the broker did not affirm, the sample TEE. The
+//! broker, an expired token, evidence the broker did not affirm, the sample TEE. A
+//! migration certificate carrying the token checks within the clock skew allowed. The
 //! token key survives a restart of the broker, so later checks still verify.
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +17,8 @@ use cvm_kbs_client::attester::tpm::TpmRcarAttester;
 use cvm_kbs_client::client::KbsClient;
 use cvm_kbs_client::passport::{self, PassportError, TokenError};
 use cvm_kbs_client::tee_key::TeeKey;
-use p256::pkcs8::EncodePublicKey as _;
+use cvm_runtime::certificate::{self, CertificateError, Kind, Statement};
+use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -113,6 +115,42 @@ fn a_passport_names_the_attested_key_and_nothing_else() {
         passport::broker_key(&json!({"kty": "RSA"})).unwrap_err(),
         PassportError::BrokerKey
     );
+
+    // A migration certificate signed with this key and token: dated a second before
+    // the token was issued (a guest's clock a little behind its host's) it checks;
+    // dated further back than the allowed skew, or after the token expired, it does not.
+    let pkcs8 = key.to_pkcs8_der().unwrap();
+    let at = |time: u64| {
+        let statement = Statement {
+            kind: Kind::Release,
+            migration: "0".repeat(32),
+            workload: "badge-request".into(),
+            manifest_sha256: "00".repeat(32),
+            from: hex::encode(key_sha),
+            to: hex::encode(other),
+            version: 2,
+            snapshot_sha256: Some("11".repeat(32)),
+            reason: None,
+            time,
+        };
+        certificate::check(
+            &certificate::sign(&statement, pkcs8.as_bytes(), &token).unwrap(),
+            &broker_key,
+        )
+    };
+    assert_eq!(at(p.issued_at - 1).unwrap().passport, p);
+    assert!(matches!(
+        at(p.issued_at - passport::MAX_CLOCK_SKEW - 1),
+        Err(CertificateError::Passport(PassportError::Token(
+            TokenError::NotYetValid { .. }
+        )))
+    ));
+    assert!(matches!(
+        at(p.expires_at),
+        Err(CertificateError::Passport(PassportError::Token(
+            TokenError::Expired { .. }
+        )))
+    ));
 
     // The token key outlives a restart: the old token still checks with the key the
     // restarted broker publishes.

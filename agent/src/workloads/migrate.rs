@@ -761,6 +761,9 @@ pub async fn receive(w: &Arc<Workloads>, offer: Offer) -> Result<Certificate, Mi
         manifest_sha256: st.manifest_sha256.clone(),
     };
     let status = deploy_with(w, &bundle, Some(incoming)).await?;
+    // The deploy may have taken minutes: a passport valid now, fetched before the
+    // statement is dated (so the date is not before the passport's).
+    let token = fresh_token(w).await.map_err(MigrateError::Unavailable)?;
     let statement = Statement {
         kind: Kind::Acceptance,
         migration: st.migration,
@@ -774,8 +777,6 @@ pub async fn receive(w: &Arc<Workloads>, offer: Offer) -> Result<Certificate, Mi
         time: now(),
     };
     info!(workload = %statement.workload, migration = %statement.migration, "migration accepted");
-    // The deploy may have taken minutes: a passport valid now.
-    let token = fresh_token(w).await.map_err(MigrateError::Unavailable)?;
     certificate::sign(&statement, &w.ctx.tls_key_pkcs8, &token)
         .map_err(|e| MigrateError::Unavailable(format!("sign the acceptance: {e}")))
 }

@@ -293,7 +293,12 @@ fn the_badge_request_tool_migrates_and_exactly_one_appliance_serves_it() {
         "--owner-key",
         owner.key.to_str().unwrap(),
     ];
-    assert!(cvm(&ta_owner).status.success());
+    let removed = cvm(&ta_owner);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
     let back = json_ok(&migrate(&b.agent, &a.agent, "back", &[]));
     assert_eq!(back["outcome"], "migrated", "{back}");
     assert_eq!(call(pa, "GET", "/state", SEC, None).1, latest);
