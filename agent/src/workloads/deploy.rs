@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cvm_attest::EventKind;
 use cvm_proto::agent::{LogStream, WorkloadState, WorkloadStatus};
@@ -19,7 +19,7 @@ use cvm_runtime::launch::{LaunchSpec, Listen};
 use sha2::Digest as _;
 use tracing::{info, warn};
 
-use super::{Entry, Workloads, now_ms, process, proxy, sealed_state};
+use super::{Entry, Laps, Workloads, now_ms, process, proxy, sealed_state};
 
 /// The owner's bundle, kept in the workload's run folder (tmpfs, root-only).
 pub const BUNDLE_FILE: &str = "bundle.cbor";
@@ -113,36 +113,6 @@ impl DeployError {
 /// Deploy `bytes`; returns the workload's status once its runtime is ready.
 pub async fn deploy(w: &Arc<Workloads>, bytes: &[u8]) -> Result<WorkloadStatus, DeployError> {
     deploy_with(w, bytes, None).await
-}
-
-/// How long each step of a deploy took, for its log: a slow deploy says where.
-struct Laps {
-    done: Vec<(&'static str, Duration)>,
-    since: Instant,
-}
-
-impl Laps {
-    fn start() -> Self {
-        Laps {
-            done: Vec::new(),
-            since: Instant::now(),
-        }
-    }
-
-    fn lap(&mut self, name: &'static str) {
-        self.done.push((name, self.since.elapsed()));
-        self.since = Instant::now();
-    }
-}
-
-impl std::fmt::Display for Laps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, d)) in self.done.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            write!(f, "{sep}{name} {} ms", d.as_millis())?;
-        }
-        Ok(())
-    }
 }
 
 /// A migration's incoming state: installed in place of opening the disk's state.

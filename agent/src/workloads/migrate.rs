@@ -34,13 +34,13 @@ use cvm_agent_client::Agent;
 use cvm_kbs_client::passport;
 use cvm_proto::agent::PassportBody;
 use cvm_runtime::certificate::{self, Certificate, Kind, Statement};
-use cvm_runtime::migration::{MigrateReport, MigrateRequest, Offer, Outcome, Step};
+use cvm_runtime::migration::{MigrateReport, MigrateRequest, Offer, Outcome};
 use cvm_runtime::snapshot;
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::deploy::{BUNDLE_FILE, DeployError, Incoming, deploy_with};
-use super::{WorkloadError, Workloads, halt, now_ms, record_outcome, sealed_state};
+use super::{Laps, WorkloadError, Workloads, halt, now_ms, record_outcome, sealed_state};
 
 /// How long S waits for D's answer to the offer (D compiles the workload).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -108,14 +108,6 @@ fn migration_id() -> String {
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read as _;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
-}
-
-/// A step of `elapsed`.
-fn step(name: &str, elapsed: Duration) -> Step {
-    Step {
-        step: name.to_owned(),
-        millis: elapsed.as_millis() as u64,
-    }
 }
 
 /// Run a blocking step off the async threads.
@@ -208,8 +200,7 @@ pub async fn migrate(
         snapshot_sha256: None,
         snapshot_bytes: 0,
         certificates: Vec::new(),
-        steps: Vec::new(),
-        lap: started,
+        laps: Laps::start(),
     };
 
     // (1) The destination's passport, checked before anything leaves.
@@ -237,7 +228,7 @@ pub async fn migrate(
             .map_err(|e| format!("the destination's passport: {e}")),
         Err(e) => Err(format!("the destination's passport: {e}")),
     };
-    src.lap("destination passport");
+    src.laps.lap("destination passport");
     if let Err(why) = checked {
         warn!(workload = %name, to = %req.to, "migration refused: {why}");
         return Ok(src.report(Outcome::Refused, Some(why)));
@@ -247,7 +238,7 @@ pub async fn migrate(
     // leaves the table (finished or resumed) or stays claimed.
     claim.keep();
     halt(&entry).await;
-    src.lap("quiesce");
+    src.laps.lap("quiesce");
     let dir = w.workload_state(name).unwrap_or_default();
     let files = w.files_dir(name);
     let measurements = w.ctx.measurements.clone();
@@ -256,30 +247,25 @@ pub async fn migrate(
     let (o, d) = (opened.clone(), dir.clone());
     let bundle_len = src.bundle.len();
     let released = blocking(move || {
-        let mut laps = Vec::new();
-        let mut lap = Instant::now();
-        let mut done = |name: &'static str| {
-            laps.push(step(name, lap.elapsed()));
-            lap = Instant::now();
-        };
+        let mut laps = Laps::start();
         let _still = measurements.hold_still();
         let mut session = broker.session(&measurements.current()?)?;
         let key = sealed_state::state_key(&mut session, &o.resource).map_err(|e| e.to_string())?;
-        done("attest for the state key");
+        laps.lap("attest for the state key");
         // The stopped runtime's end took the key out of the kernel: back for the read.
         sealed_state::unlock(&o, &key).map_err(|e| e.to_string())?;
-        done("unlock the state");
+        laps.lap("unlock the state");
         let entries = snapshot::collect(&files);
-        done("read the state");
+        laps.lap("read the state");
         let _ = crate::fscrypt::remove_key(&o.mount, &o.key_id);
-        done("lock the state");
+        laps.lap("lock the state");
         let entries = entries.map_err(|e| e.to_string())?;
         // Sealed at the version the release will have (one past the opened one).
         let version = o.version + 1;
         let sealed =
             snapshot::seal(&workload, version, &mid, &entries, &key).map_err(|e| e.to_string())?;
         drop(key);
-        done("seal the snapshot");
+        laps.lap("seal the snapshot");
         // Refused here, before the release, rather than by the destination after it.
         let offer_len = (bundle_len + sealed.len()).div_ceil(3) * 4 + OFFER_OVERHEAD;
         if offer_len > MAX_OFFER {
@@ -289,15 +275,14 @@ pub async fn migrate(
         }
         let released = sealed_state::release(&mut session, &o, &d, &mid, &to, &me)
             .map_err(|e| e.to_string())?;
-        done("release");
+        laps.lap("release");
         Ok((released, sealed, laps))
     })
     .await;
     let sealed = match released {
         Ok((v, sealed, laps)) => {
             src.released = Some(v);
-            src.steps.extend(laps);
-            src.lap = Instant::now();
+            src.laps.extend(laps);
             sealed
         }
         // Nothing left this appliance, so the destination cannot commit: serve again.
@@ -319,7 +304,7 @@ pub async fn migrate(
         }
     };
     src.certificates.push(release.clone());
-    src.lap("sign the release");
+    src.laps.lap("sign the release");
     info!(workload = %name, migration = %src.migration, released = ?src.released, snapshot_bytes = src.snapshot_bytes, "released; offering to the destination");
 
     // (3) The offer; D answers with its acceptance once it committed and serves.
@@ -346,7 +331,8 @@ pub async fn migrate(
         Ok(_) => Err("the destination's acceptance is for another migration".to_owned()),
         Err(e) => Err(format!("the destination's acceptance: {e}")),
     });
-    src.lap("offer: the destination installs, commits and starts");
+    src.laps
+        .lap("offer: the destination installs, commits and starts");
     Ok(match accepted {
         Ok(acceptance) => {
             src.certificates.push(acceptance);
@@ -376,19 +362,11 @@ struct Source {
     snapshot_sha256: Option<String>,
     snapshot_bytes: u64,
     certificates: Vec<Certificate>,
-    /// The steps so far, and when the running one began.
-    steps: Vec<Step>,
-    lap: Instant,
+    /// The steps so far.
+    laps: Laps,
 }
 
 impl Source {
-    /// The running step ended: record it as `name`.
-    fn lap(&mut self, name: &str) {
-        let now = Instant::now();
-        self.steps.push(step(name, now.duration_since(self.lap)));
-        self.lap = now;
-    }
-
     /// The report of the outcome, kept for `GET /v1/migrations/ID`.
     fn report(&self, outcome: Outcome, reason: Option<String>) -> MigrateReport {
         let report = MigrateReport {
@@ -398,12 +376,7 @@ impl Source {
             version: self.released,
             snapshot_bytes: self.snapshot_bytes,
             millis: self.started.elapsed().as_millis() as u64,
-            steps: self
-                .steps
-                .iter()
-                .cloned()
-                .chain([step("outcome", self.lap.elapsed())])
-                .collect(),
+            steps: self.laps.with_last("outcome"),
             certificates: self.certificates.clone(),
         };
         self.w.reports.put(&self.owner, &report);

@@ -16,11 +16,12 @@ pub mod sealed_state;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cvm_proto::agent::{LogStream, WorkloadState, WorkloadStatus};
 use cvm_runtime::bundle::owner::OwnerKeys;
 use cvm_runtime::launch::{StatusEvent, WasmKind};
+use cvm_runtime::migration::Step;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -762,5 +763,57 @@ async fn halt(entry: &Arc<Entry>) {
         && let Some(p) = p.take()
     {
         p.abort();
+    }
+}
+
+/// How long each step of a deploy or a migration took: a slow one says where.
+#[derive(Debug)]
+pub struct Laps {
+    done: Vec<Step>,
+    since: Instant,
+}
+
+impl Laps {
+    /// The first step starts now.
+    pub fn start() -> Self {
+        Laps {
+            done: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+
+    /// The running step ended: record it as `name`.
+    pub fn lap(&mut self, name: &str) {
+        self.done.push(Step {
+            step: name.to_owned(),
+            millis: self.since.elapsed().as_millis() as u64,
+        });
+        self.since = Instant::now();
+    }
+
+    /// Steps recorded elsewhere (a blocking task's) follow; the running one restarts.
+    pub fn extend(&mut self, other: Laps) {
+        self.done.extend(other.done);
+        self.since = Instant::now();
+    }
+
+    /// The steps so far, and the running one as `last`.
+    pub fn with_last(&self, last: &str) -> Vec<Step> {
+        let mut all = self.done.clone();
+        all.push(Step {
+            step: last.to_owned(),
+            millis: self.since.elapsed().as_millis() as u64,
+        });
+        all
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} {} ms", s.step, s.millis)?;
+        }
+        Ok(())
     }
 }
