@@ -295,7 +295,8 @@ impl Call<'_> {
                         )
                     })?);
                 }
-                "after" => after = Some(v),
+                "after" if model::valid_badge_id(v) => after = Some(v),
+                "after" => return Err(err(400, format!("after {v:?} is not a badge id"))),
                 _ => n = limit(v)?,
             }
         }
@@ -303,14 +304,14 @@ impl Call<'_> {
         let mut cursor = after.map(str::to_owned);
         // Read in pages until `n` match or the records end.
         loop {
-            let ids = self.store.ids(cursor.as_deref(), PAGE).map_err(internal)?;
-            let Some(last) = ids.last().cloned() else {
+            let page = self
+                .store
+                .badges_after(cursor.as_deref(), PAGE)
+                .map_err(internal)?;
+            let Some(last) = page.last().map(|b| b.id.clone()) else {
                 break;
             };
-            for id in ids {
-                let Some(b) = self.store.badge(&id).map_err(internal)? else {
-                    continue;
-                };
+            for b in page {
                 if status.is_none_or(|s| s == b.status) {
                     badges.push(b);
                     if badges.len() == n {

@@ -4,23 +4,36 @@
 //! Layout under the root (the workload's `/data`, on the appliance's encrypted volume):
 //! - `head.json` — `{version, next_badge, audit_len}`: the last applied change, the next
 //!   badge number, and the length of the audit trail that change left.
-//! - `badges/B000001.json` — one file per badge, its current record.
-//! - `employees/E000042` — the id of the employee's open (pending or approved) badge.
+//! - `badges/17.json` — a bucket: the current records of badges numbered 17 × 128 to
+//!   18 × 128 − 1, in id order. A few dozen files for a few thousand badges rather than
+//!   one each: a migration or a backup copies the state file by file, and on an
+//!   appliance every file costs more than its bytes (encryption context, metadata,
+//!   a wipe when the copy moves away), while a request reads one bucket of ≈ 30 KiB.
+//! - `employees/0a.json` — a bucket of the index from an employee's id to their open
+//!   (pending or approved) badge; the bucket is the first byte of the id's sha256
+//!   modulo [`INDEX_BUCKETS`].
 //! - `audit.jsonl` — the audit trail: one line per change, with the records it wrote.
 //! - `pending.json` — the change being applied, present only until it is.
 //!
 //! A change is committed in this order: `pending.json` is written in full, synced and
 //! renamed into place (the commit point); the audit trail is cut back to `audit_len`
-//! (dropping whatever a crashed attempt appended), the entry appended and synced; the
-//! badge and employee files are written, and only then synced one by one (the first
-//! sync's journal commit carries most of the data, so the rest are cheap, where a sync
-//! right after each write would cost a commit each: an import writes thousands); `head.json` is replaced (a new file, synced, renamed over the old one);
-//! `pending.json` is removed. Until then `pending.json` holds the whole change, and any
-//! request first finishes a change left pending, so every step may be repeated.
+//! (dropping whatever a crashed attempt appended), the entry appended and synced; each
+//! bucket the change touches is read, updated and written to a new file, the new files
+//! are synced (the first sync's journal commit carries most of the data, so the rest are
+//! cheap) and renamed over the old ones; `head.json` is replaced (a new file, synced,
+//! renamed over the old one); `pending.json` is removed. Until then `pending.json`
+//! holds the whole change, and any request first finishes a change left pending:
+//! applying an entry's records to a bucket that already holds them changes nothing, so
+//! every step may be repeated, and each bucket is either the old file or the new.
+//!
+//! Records written by the layout before buckets (`badges/B000001.json`,
+//! `employees/E000042`) are moved into buckets when the store is opened.
 //!
 //! Concurrent changes are not coordinated here: the policy serves one request at a time
 //! (`http.concurrency: 1`).
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry as Slot;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,6 +42,27 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::model::{Badge, Role, Status};
+
+/// Badges per bucket file.
+pub const BUCKET: u64 = 128;
+/// Buckets of the employee index.
+pub const INDEX_BUCKETS: u8 = 16;
+
+/// The number in a badge id (`B000042` → 42).
+fn badge_number(id: &str) -> Option<u64> {
+    if !crate::model::valid_badge_id(id) {
+        return None;
+    }
+    id[1..].parse().ok()
+}
+
+fn index_bucket_of(employee_id: &str) -> u8 {
+    Sha256::digest(employee_id.as_bytes())[0] % INDEX_BUCKETS
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError(e.to_string()))
+}
 
 /// What an audit entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +157,51 @@ impl Store {
             let p = store.root.join(dir);
             fs::create_dir_all(&p).map_err(|e| io("create", &p, e))?;
         }
+        // Before a pending change is finished: that change is newer than any record
+        // the old layout holds.
+        store.adopt_old_layout()?;
         store.recover()?;
         Ok(store)
+    }
+
+    /// Move records of the layout before buckets (`badges/B000001.json`, and the index
+    /// `employees/E000042`, rebuilt from the records) into buckets, then delete them.
+    /// A crash midway leaves the old files, and doing it again writes the same buckets.
+    fn adopt_old_layout(&self) -> Result<(), StoreError> {
+        let list = |dir: &str, old: fn(&str) -> bool| -> Result<Vec<PathBuf>, StoreError> {
+            let p = self.path(dir);
+            let mut out = Vec::new();
+            for e in fs::read_dir(&p).map_err(|e| io("list", &p, e))? {
+                let e = e.map_err(|e| io("list", &p, e))?;
+                if e.file_name().to_str().is_some_and(old) {
+                    out.push(e.path());
+                }
+            }
+            out.sort();
+            Ok(out)
+        };
+        let records = list("badges", |n| {
+            n.strip_suffix(".json")
+                .is_some_and(|id| badge_number(id).is_some())
+        })?;
+        let index = list("employees", crate::model::valid_employee_id)?;
+        if records.is_empty() && index.is_empty() {
+            return Ok(());
+        }
+        let mut badges = Vec::with_capacity(records.len());
+        for p in &records {
+            let b = fs::read(p).map_err(|e| io("read", p, e))?;
+            badges.push(
+                serde_json::from_slice::<Badge>(&b)
+                    .map_err(|e| StoreError(format!("{} is corrupt: {e}", p.display())))?,
+            );
+        }
+        self.write_records(&badges)?;
+        for p in records.iter().chain(&index) {
+            fs::remove_file(p).map_err(|e| io("remove", p, e))?;
+        }
+        self.sync_dir("badges")?;
+        self.sync_dir("employees")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -147,55 +224,98 @@ impl Store {
 
     /// A badge by id.
     pub fn badge(&self, id: &str) -> Result<Option<Badge>, StoreError> {
-        let p = self.path(&format!("badges/{id}.json"));
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError(format!("{} is corrupt: {e}", p.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &p, e)),
-        }
+        let Some(number) = badge_number(id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .bucket(number / BUCKET)?
+            .into_iter()
+            .find(|b| b.id == id))
     }
 
     /// The id of the employee's open badge, if any.
     pub fn open_badge_of(&self, employee_id: &str) -> Result<Option<String>, StoreError> {
-        let p = self.path(&format!("employees/{employee_id}"));
-        match fs::read_to_string(&p) {
-            Ok(s) => Ok(Some(s.trim().to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &p, e)),
-        }
+        Ok(self
+            .index_bucket(index_bucket_of(employee_id))?
+            .remove(employee_id))
     }
 
-    /// Badge ids in order, after `after`, at most `limit`.
-    pub fn ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
-        let dir = self.path("badges");
-        let mut ids: Vec<String> = fs::read_dir(&dir)
-            .map_err(|e| io("list", &dir, e))?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".json").map(str::to_owned)
-            })
-            .filter(|id| crate::model::valid_badge_id(id))
-            .collect();
-        // Fixed-width numbers after the B, but wider ones sort by length first.
-        ids.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
-        Ok(ids
-            .into_iter()
-            .filter(|id| after.is_none_or(|a| (id.len(), id.as_str()) > (a.len(), a)))
-            .take(limit)
-            .collect())
+    /// Badges in id order after the badge `after` (a valid id), at most `limit`.
+    pub fn badges_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Badge>, StoreError> {
+        let after = match after {
+            None => None,
+            Some(id) => match badge_number(id) {
+                Some(n) => Some(n),
+                // More digits than any badge number has: none comes after it.
+                None if crate::model::valid_badge_id(id) => return Ok(Vec::new()),
+                None => return Err(StoreError(format!("{id:?} is not a badge id"))),
+            },
+        };
+        let mut out = Vec::new();
+        for n in self.buckets()? {
+            if after.is_some_and(|a| n < a / BUCKET) {
+                continue;
+            }
+            for b in self.bucket(n)? {
+                if after.is_none_or(|a| badge_number(&b.id).is_some_and(|x| x > a)) {
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                    out.push(b);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every badge, in id order.
     pub fn all(&self) -> Result<Vec<Badge>, StoreError> {
-        let mut out = Vec::new();
-        for id in self.ids(None, usize::MAX)? {
-            if let Some(b) = self.badge(&id)? {
-                out.push(b);
-            }
-        }
+        self.badges_after(None, usize::MAX)
+    }
+
+    /// The numbers of the badge buckets on disk, in order.
+    fn buckets(&self) -> Result<Vec<u64>, StoreError> {
+        let dir = self.path("badges");
+        let mut out: Vec<u64> = fs::read_dir(&dir)
+            .map_err(|e| io("list", &dir, e))?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let n = name.strip_suffix(".json")?;
+                // Only the canonical spelling: `07.json` or a leftover `7.json.tmp`
+                // is not a bucket.
+                n.parse::<u64>().ok().filter(|v| v.to_string() == n)
+            })
+            .collect();
+        out.sort_unstable();
         Ok(out)
+    }
+
+    /// The records in badge bucket `n` (none if it does not exist yet).
+    fn bucket(&self, n: u64) -> Result<Vec<Badge>, StoreError> {
+        self.read_json(&format!("badges/{n}.json"))
+    }
+
+    /// Index bucket `n`: employee id → open badge id.
+    fn index_bucket(&self, n: u8) -> Result<BTreeMap<String, String>, StoreError> {
+        self.read_json(&format!("employees/{n:02x}.json"))
+    }
+
+    /// `name` parsed, or the default if it does not exist.
+    fn read_json<T: Default + serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<T, StoreError> {
+        let p = self.path(name);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError(format!("{} is corrupt: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(io("read", &p, e)),
+        }
     }
 
     /// The audit trail's entries after `after`, at most `limit`, read line by line
@@ -337,26 +457,7 @@ impl Store {
                 f.sync_all()
             })
             .map_err(|e| io("append to", &audit, e))?;
-        // Written in place: pending.json holds the change until every file is synced.
-        let mut written = Vec::with_capacity(entry.badges.len() * 2);
-        for b in &entry.badges {
-            let bytes = serde_json::to_vec(b).map_err(|e| StoreError(e.to_string()))?;
-            written.push(self.write(&format!("badges/{}.json", b.id), &bytes)?);
-            let index = format!("employees/{}", b.employee_id);
-            if b.status.is_open() {
-                written.push(self.write(&index, b.id.as_bytes())?);
-            } else if self.open_badge_of(&b.employee_id)?.as_deref() == Some(b.id.as_str()) {
-                let p = self.path(&index);
-                fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
-            }
-        }
-        for p in &written {
-            fs::File::open(p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io("sync", p, e))?;
-        }
-        self.sync_dir("badges")?;
-        self.sync_dir("employees")?;
+        self.write_records(&entry.badges)?;
         let new_head = Head {
             version: entry.seq,
             next_badge: entry.next_badge,
@@ -369,11 +470,66 @@ impl Store {
         self.sync_dir("")
     }
 
-    /// Write `name` in place, unsynced; returns its path.
-    fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-        let p = self.path(name);
-        fs::write(&p, bytes).map_err(|e| io("write", &p, e))?;
-        Ok(p)
+    /// Put `badges` (in order; a later record of the same badge wins) into their
+    /// buckets and the employee index: each touched bucket is written to a new file,
+    /// all of them synced, then renamed over the old ones. Repeating it changes nothing.
+    fn write_records(&self, badges: &[Badge]) -> Result<(), StoreError> {
+        let mut buckets: BTreeMap<u64, Vec<Badge>> = BTreeMap::new();
+        let mut index: BTreeMap<u8, BTreeMap<String, String>> = BTreeMap::new();
+        for b in badges {
+            let number = badge_number(&b.id)
+                .ok_or_else(|| StoreError(format!("{:?} is not a badge id", b.id)))?;
+            let n = number / BUCKET;
+            let bucket = match buckets.entry(n) {
+                Slot::Occupied(e) => e.into_mut(),
+                Slot::Vacant(e) => e.insert(self.bucket(n)?),
+            };
+            match bucket.binary_search_by_key(&number, |x| badge_number(&x.id).unwrap_or(0)) {
+                Ok(i) => bucket[i] = b.clone(),
+                Err(i) => bucket.insert(i, b.clone()),
+            }
+            let k = index_bucket_of(&b.employee_id);
+            let map = match index.entry(k) {
+                Slot::Occupied(e) => e.into_mut(),
+                Slot::Vacant(e) => e.insert(self.index_bucket(k)?),
+            };
+            if b.status.is_open() {
+                map.insert(b.employee_id.clone(), b.id.clone());
+            } else if map.get(&b.employee_id) == Some(&b.id) {
+                map.remove(&b.employee_id);
+            }
+        }
+        let mut files = Vec::with_capacity(buckets.len() + index.len());
+        for (n, records) in &buckets {
+            files.push((format!("badges/{n}.json"), to_json(records)?));
+        }
+        for (k, map) in &index {
+            files.push((format!("employees/{k:02x}.json"), to_json(map)?));
+        }
+        self.replace_all(&files)?;
+        self.sync_dir("badges")?;
+        self.sync_dir("employees")
+    }
+
+    /// Replace each `(name, bytes)`: every new file is written, then all are synced,
+    /// then renamed into place (a crash leaves each file old or new, never torn).
+    fn replace_all(&self, files: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut tmps = Vec::with_capacity(files.len());
+        for (name, bytes) in files {
+            let tmp = self.path(&format!("{name}.tmp"));
+            fs::write(&tmp, bytes).map_err(|e| io("write", &tmp, e))?;
+            tmps.push(tmp);
+        }
+        for tmp in &tmps {
+            fs::File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("sync", tmp, e))?;
+        }
+        for ((name, _), tmp) in files.iter().zip(&tmps) {
+            let p = self.path(name);
+            fs::rename(tmp, &p).map_err(|e| io("rename into", &p, e))?;
+        }
+        Ok(())
     }
 
     /// Replace `name` with `bytes`: a new file, synced, renamed over the old one.

@@ -302,6 +302,11 @@ fn every_bad_request_is_named() {
             "limit",
         ),
         (
+            call(&d.0, "GET", "/badges?after=..%2Fhead", SEC, &Value::Null),
+            400,
+            "is not a badge id",
+        ),
+        (
             call(&d.0, "DELETE", "/badges/B000001", SEC, &Value::Null),
             405,
             "DELETE",
@@ -381,6 +386,103 @@ fn the_sample_data_set_imports_all_or_nothing() {
         }
     }
     assert_eq!(seen, 3000);
+    // A few dozen bucket files hold them, not one file per badge.
+    let files = std::fs::read_dir(d.0.join("badges")).unwrap().count()
+        + std::fs::read_dir(d.0.join("employees")).unwrap().count();
+    assert!(files <= 3000 / 128 + 1 + 16, "{files} files");
+}
+
+/// A change to badges in two buckets that a crash cut after the first bucket's new
+/// file was renamed into place (and the audit line appended), before the second's.
+#[test]
+fn a_crash_between_two_buckets_is_finished_on_the_next_request() {
+    let (done, cut) = (Dir::new("buckets-done"), Dir::new("buckets-cut"));
+    for d in [&done, &cut] {
+        let r = call(&d.0, "POST", "/import", SEC, &sample());
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let store = Store::open(&done.0).unwrap();
+    let mut badges = vec![
+        store.badge("B000001").unwrap().unwrap(),
+        store.badge("B000200").unwrap().unwrap(),
+    ];
+    for b in &mut badges {
+        b.status = badge_request::model::Status::Revoked;
+        b.decided_at = Some(NOW);
+        b.decided_by = Some("guard-7".into());
+        b.reason = Some("lost".into());
+    }
+    let head = store.head().unwrap();
+    let entry = store
+        .commit(Entry {
+            seq: 0,
+            at: NOW,
+            actor: "guard-7".into(),
+            role: badge_request::model::Role::Security,
+            action: Action::Revoke,
+            badges,
+            next_badge: head.next_badge,
+        })
+        .unwrap();
+    // The cut twin: the change pending, its audit line and the first bucket written.
+    std::fs::write(
+        cut.0.join("pending.json"),
+        serde_json::to_vec(&entry).unwrap(),
+    )
+    .unwrap();
+    for f in ["audit.jsonl", "badges/0.json"] {
+        std::fs::copy(done.0.join(f), cut.0.join(f)).unwrap();
+    }
+    assert_ne!(
+        std::fs::read(done.0.join("badges/1.json")).unwrap(),
+        std::fs::read(cut.0.join("badges/1.json")).unwrap()
+    );
+    let state = |d: &Dir| call(&d.0, "GET", "/state", SEC, &Value::Null).body;
+    assert_eq!(state(&cut), state(&done));
+    assert_eq!(state(&done)["revoked"], 2);
+    assert!(!cut.0.join("pending.json").exists());
+    // Both employees may request again: the index lost their revoked badges.
+    for d in [&done, &cut] {
+        let r = call(&d.0, "GET", "/badges/B000200", SEC, &Value::Null);
+        let employee = r.body["employee_id"].as_str().unwrap().to_owned();
+        let again =
+            json!({"employee_id": employee, "name": "Again", "site": "Zurich", "zones": ["lobby"]});
+        let r = call(&d.0, "POST", "/badges", SEC, &again);
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    assert_eq!(state(&cut), state(&done));
+}
+
+/// Records written by the layout before buckets (a file per badge and per employee)
+/// are moved into buckets when the store opens: the same records, digest and index.
+#[test]
+fn records_of_the_file_per_badge_layout_are_moved_into_buckets() {
+    let (now, old) = (Dir::new("layout-now"), Dir::new("layout-old"));
+    assert_eq!(request_ada(&now.0).status, 201);
+    let before = call(&now.0, "GET", "/state", SEC, &Value::Null).body;
+    let ada = call(&now.0, "GET", "/badges/B000001", SEC, &Value::Null).body;
+    for d in ["badges", "employees"] {
+        std::fs::create_dir_all(old.0.join(d)).unwrap();
+    }
+    for f in ["head.json", "audit.jsonl"] {
+        std::fs::copy(now.0.join(f), old.0.join(f)).unwrap();
+    }
+    std::fs::write(
+        old.0.join("badges/B000001.json"),
+        serde_json::to_vec(&ada).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(old.0.join("employees/E000042"), "B000001").unwrap();
+
+    assert_eq!(
+        call(&old.0, "GET", "/state", SEC, &Value::Null).body,
+        before
+    );
+    assert!(!old.0.join("badges/B000001.json").exists());
+    assert!(!old.0.join("employees/E000042").exists());
+    // The index came along: Ada's open badge still blocks a second request.
+    let r = request_ada(&old.0);
+    assert_eq!(r.status, 409, "{:?}", r.body);
 }
 
 fn entry_for_ada(seq: u64) -> Entry {
