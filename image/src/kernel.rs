@@ -155,6 +155,25 @@ pub fn cache_key(source_version: &str) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
+/// Hold the cache entry `dir` (created if missing) until the returned file is dropped.
+/// One build per entry at a time: a second `cvm build` (another script, or a test
+/// while check-reproducible builds) would otherwise delete the first one's build
+/// folder under it; it waits here, then finds the kernel cached. The lock goes with
+/// the file handle, so a killed build never leaves it held.
+fn lock_entry(dir: &Path) -> Result<fs::File, KernelError> {
+    fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let path = dir.join("lock");
+    let lock = fs::File::create(&path).map_err(io("create", &path))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "kernel: another build of this kernel is running; waiting for it ({})",
+            path.display()
+        );
+        lock.lock().map_err(io("lock", &path))?;
+    }
+    Ok(lock)
+}
+
 /// Build (or fetch from `cache_dir`) the kernel. `jobs` is make's `-j`.
 pub fn build(cache_dir: &Path, jobs: usize) -> Result<Kernel, KernelError> {
     let version = source_version()?;
@@ -166,6 +185,7 @@ pub fn build(cache_dir: &Path, jobs: usize) -> Result<Kernel, KernelError> {
         );
     }
     let dir = cache_dir.join("kernel").join(cache_key(&version));
+    let _entry = lock_entry(&dir)?;
     let bzimage = dir.join("bzImage");
     let config = dir.join("config");
     let source = format!("{SOURCE_PACKAGE} {version}");
@@ -386,6 +406,27 @@ fn sha256_file(path: &Path) -> Result<String, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_build_of_an_entry_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_entry(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        let second = std::thread::spawn(move || {
+            let held = lock_entry(&path).unwrap();
+            tx.send(()).unwrap();
+            drop(held);
+        });
+        // Held: the second waits (however long; it is released only below).
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err()
+        );
+        drop(first);
+        rx.recv().unwrap();
+        second.join().unwrap();
+    }
 
     #[test]
     fn fragment_n_becomes_not_set() {
