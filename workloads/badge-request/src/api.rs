@@ -34,7 +34,7 @@ use crate::store::{Action, Entry, Store};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 4 << 20;
-/// Most badges in one import: 3,000 take about 16 s in an emulated (TCG) guest, so
+/// Most badges in one import: 3,000 take about 4 s in an emulated (TCG) guest, so
 /// 5,000, and finishing one a crash left pending, fit well within the policy's
 /// two-minute wall limit per request. Larger sets are imported in parts.
 pub const MAX_IMPORT: usize = 5_000;
