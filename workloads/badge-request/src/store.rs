@@ -379,7 +379,7 @@ impl Store {
                 Status::Rejected => s.rejected += 1,
                 Status::Revoked => s.revoked += 1,
             }
-            let line = serde_json::to_vec(&b).map_err(|e| StoreError(e.to_string()))?;
+            let line = to_json(&b)?;
             h.update(&line);
             h.update(b"\n");
         }
@@ -403,7 +403,7 @@ impl Store {
     pub fn commit(&self, mut entry: Entry) -> Result<Entry, StoreError> {
         let head = self.head()?;
         entry.seq = head.version + 1;
-        let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError(e.to_string()))?;
+        let bytes = to_json(&entry)?;
         self.replace("pending.json", &bytes)?;
         self.apply(&entry, head)?;
         Ok(entry)
@@ -435,7 +435,7 @@ impl Store {
 
     fn apply(&self, entry: &Entry, head: Head) -> Result<(), StoreError> {
         let audit = self.path("audit.jsonl");
-        let mut line = serde_json::to_vec(entry).map_err(|e| StoreError(e.to_string()))?;
+        let mut line = to_json(entry)?;
         line.push(b'\n');
         let mut f = fs::OpenOptions::new()
             .create(true)
@@ -463,7 +463,7 @@ impl Store {
             next_badge: entry.next_badge,
             audit_len: head.audit_len + line.len() as u64,
         };
-        let bytes = serde_json::to_vec(&new_head).map_err(|e| StoreError(e.to_string()))?;
+        let bytes = to_json(&new_head)?;
         self.replace("head.json", &bytes)?;
         let p = self.path("pending.json");
         fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
@@ -513,11 +513,11 @@ impl Store {
 
     /// Replace each `(name, bytes)`: every new file is written, then all are synced,
     /// then renamed into place (a crash leaves each file old or new, never torn).
-    fn replace_all(&self, files: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+    fn replace_all(&self, files: &[(String, impl AsRef<[u8]>)]) -> Result<(), StoreError> {
         let mut tmps = Vec::with_capacity(files.len());
         for (name, bytes) in files {
             let tmp = self.path(&format!("{name}.tmp"));
-            fs::write(&tmp, bytes).map_err(|e| io("write", &tmp, e))?;
+            fs::write(&tmp, bytes.as_ref()).map_err(|e| io("write", &tmp, e))?;
             tmps.push(tmp);
         }
         for tmp in &tmps {
@@ -534,15 +534,7 @@ impl Store {
 
     /// Replace `name` with `bytes`: a new file, synced, renamed over the old one.
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let p = self.path(name);
-        let tmp = self.path(&format!("{name}.tmp"));
-        fs::File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()
-            })
-            .map_err(|e| io("write", &tmp, e))?;
-        fs::rename(&tmp, &p).map_err(|e| io("rename into", &p, e))?;
+        self.replace_all(&[(name.to_owned(), bytes)])?;
         let parent = Path::new(name)
             .parent()
             .and_then(Path::to_str)
